@@ -1,0 +1,28 @@
+"""The FineTuneJob API: spec, status, the trainer/operator contract and the CRD generator.
+
+Depends only on pydantic and PyYAML, so the operator image (no torch) and the trainer image (no kopf)
+both import it.
+"""
+
+from .job import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    FineTuneJob,
+    SpecError,
+    load_manifest,
+    parse_job,
+    parse_spec,
+    spec_hash,
+)
+from .results import ExitCode, ProgressEvent, TrainerResult
+from .spec import FineTuneJobSpec
+from .status import Condition, ConditionType, FineTuneJobStatus, Reason, derive_phase, set_condition
+
+__all__ = [
+    "API_VERSION", "GROUP", "KIND", "PLURAL", "VERSION", "Condition", "ConditionType", "ExitCode",
+    "FineTuneJob", "FineTuneJobSpec", "FineTuneJobStatus", "ProgressEvent", "Reason", "SpecError",
+    "TrainerResult", "derive_phase", "load_manifest", "parse_job", "parse_spec", "set_condition", "spec_hash",
+]

@@ -1,0 +1,133 @@
+"""The contract between the trainer and the operator: exit codes, the termination-message result and
+progress events. The trainer writes them, the operator reads them; both import them from here."""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+from .status import Reason
+
+TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LIMIT = 4096  # bytes Kubernetes keeps of a termination message
+
+
+class ExitCode(IntEnum):
+    """Trainer process exit codes. `retryable` says whether a new attempt could succeed."""
+
+    OK = 0
+    INTERNAL = 1
+    INVALID_CONFIG = 10
+    DATA_INVALID = 11
+    ACCESS_DENIED = 12
+    NOT_FOUND = 13
+    OUT_OF_MEMORY = 14
+    TRANSIENT = 15
+
+    @property
+    def reason(self) -> str:
+        return _REASONS[self]
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ExitCode.INTERNAL, ExitCode.OUT_OF_MEMORY, ExitCode.TRANSIENT)
+
+
+_REASONS = {
+    ExitCode.OK: Reason.COMPLETED,
+    ExitCode.INTERNAL: Reason.TRAINER_ERROR,
+    ExitCode.INVALID_CONFIG: Reason.INVALID_SPEC,
+    ExitCode.DATA_INVALID: Reason.DATA_INVALID,
+    ExitCode.ACCESS_DENIED: Reason.ACCESS_DENIED,
+    ExitCode.NOT_FOUND: Reason.NOT_FOUND,
+    ExitCode.OUT_OF_MEMORY: Reason.OOM_KILLED,
+    ExitCode.TRANSIENT: Reason.TRAINER_ERROR,
+}
+
+
+def exit_code_of(code: int) -> ExitCode | None:
+    try:
+        return ExitCode(code)
+    except ValueError:
+        return None
+
+
+class TrainerResult(ApiModel):
+    """Compact result written to the termination-message path (at most 4 KiB)."""
+
+    ok: bool = Field(description="True when artefacts and _SUCCESS were written.")
+    reason: str = Field(description="Reason constant: Completed, AlreadyComplete, DataInvalid, ...")
+    message: str = Field(default="", description="Human-readable detail; never contains secret values.")
+    spec_hash: str | None = Field(default=None, description="Spec hash of the run.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Tuned-model metrics.")
+    base_metrics: dict[str, float] = Field(default_factory=dict, description="Base-model metrics.")
+    gate_passed: bool | None = Field(default=None, description="Result of evaluation.gate and regression; null when none.")
+    gate_message: str | None = Field(default=None, description="Why the gate passed or failed.")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="Artefact URIs by name.")
+
+    def to_termination_message(self) -> str:
+        """Serialise within Kubernetes' 4 KiB limit, shortening the message first if needed."""
+        data = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        text = json.dumps(data, separators=(",", ":"))
+        while len(text.encode()) > TERMINATION_LIMIT and data.get("message"):
+            data["message"] = data["message"][: max(0, len(data["message"]) // 2 - 3)] + "..."
+            if len(data["message"]) <= 3:
+                data["message"] = ""
+            text = json.dumps(data, separators=(",", ":"))
+        if len(text.encode()) > TERMINATION_LIMIT:
+            data.pop("artifacts", None)
+            text = json.dumps(data, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def from_termination_message(cls, text: str | None) -> TrainerResult | None:
+        if not text:
+            return None
+        try:
+            return cls.model_validate_json(text)
+        except ValueError:
+            return None
+
+
+class ProgressEvent(ApiModel):
+    """One progress report from the trainer (one JSON line)."""
+
+    event: Literal["progress"] = "progress"
+    stage: str = Field(description="loading, training, evaluating, saving, done")
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    eta_seconds: int | None = None
+    time: str | None = None
+
+    @property
+    def percent(self) -> int:
+        if not self.total_steps:
+            return 0
+        return max(0, min(100, int(100 * self.step / self.total_steps)))
+
+
+class Env:
+    """Environment variables the operator sets on the trainer pod (and `kubetune run` sets locally)."""
+
+    CONFIG = "KUBETUNE_CONFIG"  # path of the FineTuneJob manifest (YAML) to run; default /etc/kubetune/job.yaml
+    TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # where the TrainerResult goes; default /dev/termination-log
+    PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress events; unset -> stdout only
+    PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN"  # bearer token valid for this job's progress only
+    ATTEMPT = "KUBETUNE_ATTEMPT"  # 1-based attempt number
+    CACHE_DIR = "KUBETUNE_CACHE_DIR"  # model download cache (a volume in the pod)
+    WORK_DIR = "KUBETUNE_WORK_DIR"  # scratch space
+    HF_TOKEN = "HF_TOKEN"
+    AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
+    AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
+
+
+DEFAULT_CONFIG_PATH = "/etc/kubetune/job.yaml"
+# Progress endpoint path on the operator: POST {url}/v1/progress/{namespace}/{name} with a ProgressEvent body.
+PROGRESS_PATH = "/v1/progress/{namespace}/{name}"

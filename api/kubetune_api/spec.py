@@ -1,0 +1,483 @@
+"""The FineTuneJob spec: the one typed definition of what a user may ask for.
+
+The operator validates manifests with it, the trainer reads its config from it and the CRD in `crds/` is
+generated from it (`kubetune-crd`). Every rule lives here once. Field descriptions are user documentation:
+they become `kubectl explain` text.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import ApiModel
+
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+URI_SCHEMES = ("s3://", "hf://", "file://", "bundled://", "/", "./", "../")
+URI_HELP = (
+    "s3://bucket/prefix, hf://org/name, file:///path, an absolute path on a mounted volume, bundled://name, "
+    "or a path relative to the manifest (local runs only)"
+)
+
+METRICS = ("evalLoss", "perplexity", "rouge1", "rouge2", "rougeL", "exactMatch", "bleu", "chrf")
+# Metrics where a smaller value is better; a gate on them uses `max`, on the rest `min`.
+LOWER_IS_BETTER = ("evalLoss", "perplexity")
+GENERATION_METRICS = tuple(m for m in METRICS if m not in LOWER_IS_BETTER)
+SCHEMA_FIELDS = {
+    "alpaca": ("instruction", "input", "output"),
+    "promptCompletion": ("prompt", "completion"),
+    "messages": ("messages",),
+}
+
+MetricName = Literal["evalLoss", "perplexity", "rouge1", "rouge2", "rougeL", "exactMatch", "bleu", "chrf"]
+
+
+def _check_uri(value: str, what: str) -> str:
+    if not value.startswith(URI_SCHEMES):
+        raise ValueError(f"{what} {value!r} is not supported; use {URI_HELP}")
+    if value.startswith("s3://") and not re.match(r"^s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$", value):
+        raise ValueError(f"{value!r} is not a valid S3 URI; expected s3://bucket/prefix with a DNS-style bucket name")
+    if value.startswith("hf://") and not re.match(r"^hf://[\w.\-]+(/[\w.\-]+)?$", value):
+        raise ValueError(f"{value!r} is not a valid Hugging Face URI; expected hf://org/name")
+    return value
+
+
+class SecretRef(ApiModel):
+    """A Secret in the FineTuneJob's own namespace. Its values are passed to the trainer as environment
+    variables by reference; they are never copied into ConfigMaps, status or events."""
+
+    name: str = Field(
+        description="Name of the Secret in the job's namespace.", min_length=1, max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _same_namespace(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "namespace" in data:
+            raise ValueError(
+                "secretRef.namespace is not allowed: a job may only reference Secrets in its own namespace"
+            )
+        return data
+
+
+class ModelSecretRef(SecretRef):
+    """A Secret holding a model-hub token (for gated or private models)."""
+
+    key: str = Field(default="HF_TOKEN", description="Key in the Secret that holds the token. Default: HF_TOKEN.")
+
+
+class S3SecretRef(SecretRef):
+    """A Secret holding S3 credentials."""
+
+    access_key_id_key: str = Field(
+        default="AWS_ACCESS_KEY_ID", description="Key in the Secret holding the access key id. Default: AWS_ACCESS_KEY_ID."
+    )
+    secret_access_key_key: str = Field(
+        default="AWS_SECRET_ACCESS_KEY",
+        description="Key in the Secret holding the secret access key. Default: AWS_SECRET_ACCESS_KEY.",
+    )
+
+
+class ModelSpec(ApiModel):
+    """The base model to fine-tune."""
+
+    uri: str = Field(
+        description=f"Where the base model is: {URI_HELP}. A folder in Hugging Face layout (config.json, "
+        "safetensors weights, tokenizer files). bundled://smollm2-135m-instruct is the small model shipped "
+        "with the trainer for local runs and tests.",
+        min_length=1,
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) for hf:// models.")
+    secret_ref: ModelSecretRef | None = Field(default=None, description="Secret with a hub token for gated models.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow the model repository's own Python code to run. Default: false; enable only for "
+        "models you trust.",
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _check_uri(value, "model uri")
+
+
+class DataSource(ApiModel):
+    """One data file, or a folder/prefix of files of the same format."""
+
+    uri: str = Field(description=f"Location of the data: {URI_HELP}.", min_length=1)
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _check_uri(value, "dataset uri")
+
+
+class DatasetSpec(ApiModel):
+    """Instruction data: what to train on, how to read it and how to turn records into prompts."""
+
+    train: DataSource = Field(description="Training data.")
+    eval: DataSource | None = Field(
+        default=None, description="Held-out evaluation data. Mutually exclusive with evalSplit."
+    )
+    eval_split: float | None = Field(
+        default=None, gt=0, le=0.5,
+        description="Fraction of the training data held out for evaluation (0 < x <= 0.5), split "
+        "deterministically by training.seed. Used when eval is not set; default 0.1.",
+    )
+    format: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field(
+        default="auto", description="File format; auto picks it from the file extension. Default: auto."
+    )
+    data_schema: Literal["auto", "alpaca", "promptCompletion", "messages"] = Field(
+        default="auto", alias="schema",
+        description="Record layout: alpaca (instruction, input, output), promptCompletion (prompt, "
+        "completion) or messages (chat messages with role and content); auto detects it from the columns.",
+    )
+    column_mapping: dict[str, str] = Field(
+        default_factory=dict,
+        description="Maps a schema field (instruction, input, output, prompt, completion, messages) to the "
+        "column name used in your files, e.g. {output: answer}.",
+    )
+    template: Literal["auto", "chat", "alpaca", "custom"] = Field(
+        default="auto",
+        description="How prompts are rendered: chat uses the model's chat template, alpaca the Alpaca "
+        "instruction template, custom the Jinja template in customTemplate; auto uses the chat template "
+        "when the model has one, else alpaca. Default: auto.",
+    )
+    custom_template: str | None = Field(
+        default=None,
+        description="Jinja template that renders a record's fields into the prompt (the response is "
+        "appended after it). Required when template is custom.",
+    )
+    system_prompt: str | None = Field(default=None, description="Optional system message for chat templates.")
+    max_seq_length: int = Field(
+        default=1024, ge=16, le=131072,
+        description="Maximum tokens per example (prompt + response); longer examples are truncated and "
+        "counted in the data report. Default: 1024.",
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> DatasetSpec:
+        if self.eval is not None and self.eval_split is not None:
+            raise ValueError("set either dataset.eval or dataset.evalSplit, not both")
+        if self.eval is None and self.eval_split is None:
+            self.eval_split = 0.1
+        if self.template == "custom" and not self.custom_template:
+            raise ValueError("dataset.customTemplate is required when dataset.template is custom")
+        if self.custom_template and self.template != "custom":
+            raise ValueError("dataset.customTemplate is only used when dataset.template is custom")
+        allowed = sorted({f for fields in SCHEMA_FIELDS.values() for f in fields})
+        if self.data_schema != "auto":
+            allowed = list(SCHEMA_FIELDS[self.data_schema])
+        for key in self.column_mapping:
+            if key not in allowed:
+                raise ValueError(
+                    f"dataset.columnMapping key {key!r} is not a field of schema {self.data_schema}; "
+                    f"accepted keys: {', '.join(allowed)}"
+                )
+        return self
+
+
+class LoraSpec(ApiModel):
+    """LoRA adapter shape (PEFT LoraConfig)."""
+
+    r: int = Field(default=16, ge=1, le=1024, description="Adapter rank. Default: 16.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="Scaling numerator (lora_alpha). Default: 32.")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input. Default: 0.05.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1,
+        description="Module names to adapt (e.g. q_proj, v_proj), or [all-linear] for every linear layer "
+        "except the output head. Default: [all-linear].",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _targets(cls, value: list[str]) -> list[str]:
+        if "all-linear" in value and len(value) > 1:
+            raise ValueError("all-linear cannot be combined with other module names")
+        for name in value:
+            if not re.match(r"^[A-Za-z0-9_.\-]+$", name):
+                raise ValueError(f"target module {name!r} is not a module name (letters, digits, _ . -)")
+        return value
+
+
+class QuantizationSpec(ApiModel):
+    """4-bit base-model quantization for QLoRA (bitsandbytes)."""
+
+    bits: Literal[4] = Field(default=4, description="Bits per base weight. Only 4 is supported.")
+    quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type. Default: nf4.")
+    double_quant: bool = Field(default=True, description="Also quantize the quantization constants. Default: true.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        default="bfloat16", description="Dtype of the matrix multiplies. Default: bfloat16."
+    )
+
+
+class MethodSpec(ApiModel):
+    """The fine-tuning method."""
+
+    type: Literal["lora", "qlora"] = Field(
+        default="lora", description="lora trains adapters on a full-precision base; qlora on a 4-bit base. Default: lora."
+    )
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="Adapter shape.")
+    quantization: QuantizationSpec | None = Field(
+        default=None, description="Quantization of the base model; qlora only (defaults to nf4 with double quant)."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> MethodSpec:
+        if self.type == "lora" and self.quantization is not None:
+            raise ValueError("method.quantization is only used with method.type qlora; remove it or set type: qlora")
+        if self.type == "qlora" and self.quantization is None:
+            self.quantization = QuantizationSpec()
+        return self
+
+
+class TrainingSpec(ApiModel):
+    """Optimisation settings; names follow Hugging Face TrainingArguments."""
+
+    epochs: float | None = Field(
+        default=None, gt=0, le=1000,
+        description="Passes over the training data. Mutually exclusive with maxSteps; default 3 when neither is set.",
+    )
+    max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps to run. Mutually exclusive with epochs.")
+    learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate. Default: 2e-4.")
+    batch_size: int = Field(default=8, ge=1, le=4096, description="Examples per device per step. Default: 8.")
+    gradient_accumulation: int = Field(
+        default=1, ge=1, le=1024, description="Micro-batches accumulated per optimizer step. Default: 1."
+    )
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="Fraction of steps spent warming up. Default: 0.03.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"] = Field(
+        default="cosine", description="Learning-rate schedule (Hugging Face lr_scheduler_type). Default: cosine."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="AdamW weight decay. Default: 0.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient clipping norm. Default: 1.0.")
+    seed: int = Field(default=42, ge=0, le=2**32 - 1, description="Seed for data split, shuffling and init. Default: 42.")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward to save memory. Default: false."
+    )
+    packing: bool = Field(
+        default=False,
+        description="Pack several short examples into one sequence (without attention across examples). "
+        "Default: false.",
+    )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto", description="Training precision; auto uses bf16 on GPUs that support it, fp32 on CPU."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> TrainingSpec:
+        if self.epochs is not None and self.max_steps is not None:
+            raise ValueError("set either training.epochs or training.maxSteps, not both")
+        if self.epochs is None and self.max_steps is None:
+            self.epochs = 3.0
+        return self
+
+
+class GenerationSpec(ApiModel):
+    """Decoding settings for the generation metrics."""
+
+    max_new_tokens: int = Field(default=128, ge=1, le=8192, description="Tokens generated per prompt. Default: 128.")
+    temperature: float = Field(default=0.0, ge=0, le=5, description="0 means greedy decoding. Default: 0.")
+
+
+class GateSpec(ApiModel):
+    """A promotion gate: the EvaluationPassed condition is True only when the metric meets the bound."""
+
+    metric: MetricName = Field(description="Metric the gate reads; must be listed in evaluation.metrics.")
+    min: float | None = Field(default=None, description="Pass when metric >= min (for scores such as rougeL).")
+    max: float | None = Field(default=None, description="Pass when metric <= max (for evalLoss, perplexity).")
+
+    @model_validator(mode="after")
+    def _bound(self) -> GateSpec:
+        if (self.min is None) == (self.max is None):
+            raise ValueError("evaluation.gate needs exactly one of min or max")
+        if self.metric in LOWER_IS_BETTER and self.min is not None:
+            raise ValueError(f"lower {self.metric} is better: gate it with max, not min")
+        if self.metric not in LOWER_IS_BETTER and self.max is not None:
+            raise ValueError(f"higher {self.metric} is better: gate it with min, not max")
+        return self
+
+
+class RegressionSpec(ApiModel):
+    """A general-ability check: generation on prompts outside the tuning domain, base vs tuned."""
+
+    uri: str = Field(description=f"Regression prompts with references, same schemas as the dataset: {URI_HELP}.")
+    metric: MetricName = Field(default="rougeL", description="Metric compared between base and tuned. Default: rougeL.")
+    max_drop: float = Field(
+        default=0.05, ge=0, le=1, description="Largest allowed drop of the metric versus the base model. Default: 0.05."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        return _check_uri(value, "regression uri")
+
+    @field_validator("metric")
+    @classmethod
+    def _generation_metric(cls, value: str) -> str:
+        if value in LOWER_IS_BETTER:
+            raise ValueError(f"regression.metric must be a generation metric: {', '.join(GENERATION_METRICS)}")
+        return value
+
+
+class EvaluationSpec(ApiModel):
+    """Held-out evaluation of the tuned model, and of the base model for comparison."""
+
+    metrics: list[MetricName] = Field(
+        default_factory=lambda: list(METRICS), min_length=1,
+        description=f"Metrics to compute: {', '.join(METRICS)}. Default: all.",
+    )
+    max_samples: int = Field(
+        default=200, ge=1, le=100000, description="Held-out examples used for generation metrics. Default: 200."
+    )
+    generation: GenerationSpec = Field(default_factory=GenerationSpec, description="Decoding settings.")
+    compare_base: bool = Field(
+        default=True, description="Also score the base model, so the report shows the gain. Default: true."
+    )
+    gate: GateSpec | None = Field(default=None, description="Optional promotion gate.")
+    regression: RegressionSpec | None = Field(default=None, description="Optional general-ability regression check.")
+
+    @model_validator(mode="after")
+    def _rules(self) -> EvaluationSpec:
+        if len(set(self.metrics)) != len(self.metrics):
+            raise ValueError("evaluation.metrics lists a metric twice")
+        if self.gate is not None and self.gate.metric not in self.metrics:
+            raise ValueError(
+                f"evaluation.gate.metric {self.gate.metric!r} is not computed; add it to evaluation.metrics "
+                f"({', '.join(self.metrics)})"
+            )
+        return self
+
+
+class OutputSpec(ApiModel):
+    """Where artefacts go: {uri}/{namespace}/{name}/{specHash}/."""
+
+    uri: str = Field(description="Output root: s3://bucket/prefix, file:///path or an absolute path.")
+    merge_adapter: bool = Field(
+        default=False, description="Also write the base model with the adapter merged in (merged/). Default: false."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, value: str) -> str:
+        if value.startswith(("hf://", "bundled://")):
+            raise ValueError("output.uri must be s3://bucket/prefix, file:///path or an absolute path")
+        return _check_uri(value, "output uri")
+
+
+class S3Spec(ApiModel):
+    """An S3-compatible object store used for s3:// URIs."""
+
+    endpoint: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="Endpoint URL for S3-compatible stores (MinIO, SeaweedFS, Ceph); AWS when unset.",
+    )
+    region: str = Field(default="us-east-1", description="Region. Default: us-east-1.")
+    addressing_style: Literal["auto", "path", "virtual"] = Field(
+        default="auto", description="Bucket addressing; most self-hosted stores need path. Default: auto."
+    )
+    secret_ref: S3SecretRef | None = Field(
+        default=None, description="Secret with credentials; without it the pod's ambient credentials are used."
+    )
+
+
+class StorageSpec(ApiModel):
+    """Object storage settings shared by the model, dataset and output URIs."""
+
+    s3: S3Spec = Field(default_factory=S3Spec, description="S3 settings.")
+
+
+class Toleration(ApiModel):
+    """A Kubernetes toleration for the trainer pod."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal. Default: Equal.")
+    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class ResourcesSpec(ApiModel):
+    """Compute resources and placement of the trainer pod."""
+
+    gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu count; 0 trains on CPU. Default: 1.")
+    gpu_product: str | None = Field(
+        default=None, description="Required GPU model, matched against the node label nvidia.com/gpu.product."
+    )
+    cpu: str = Field(default="4", pattern=QUANTITY, description="CPU request and limit (Kubernetes quantity). Default: 4.")
+    memory: str = Field(
+        default="32Gi", pattern=QUANTITY, description="Memory request and limit (Kubernetes quantity). Default: 32Gi."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod requires.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pod tolerates.")
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="A Kubernetes Affinity object, copied to the pod unchanged."
+    )
+    priority_class_name: str | None = Field(
+        default=None, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of the pod."
+    )
+
+
+class CheckpointSpec(ApiModel):
+    """Checkpoints written under the job's output prefix; retries resume from the newest."""
+
+    every_steps: int = Field(default=100, ge=1, description="Save a checkpoint every N optimizer steps. Default: 100.")
+    keep: int = Field(default=2, ge=1, le=100, description="Checkpoints kept; older ones are deleted. Default: 2.")
+
+
+class FailurePolicy(ApiModel):
+    """Retries of transient failures (preemption, OOM, node loss). Invalid specs and data are never retried."""
+
+    max_retries: int = Field(default=2, ge=0, le=20, description="Retries after the first attempt. Default: 2.")
+    backoff_seconds: int = Field(
+        default=30, ge=0, le=3600, description="Wait before a retry, doubled each time. Default: 30."
+    )
+
+
+class FineTuneJobSpec(ApiModel):
+    """A LoRA/QLoRA fine-tuning run: base model + instruction data -> evaluated adapter in object storage."""
+
+    model: ModelSpec = Field(description="The base model.")
+    dataset: DatasetSpec = Field(description="Instruction data.")
+    output: OutputSpec = Field(description="Where artefacts are written.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="LoRA or QLoRA and the adapter shape.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Held-out evaluation.")
+    storage: StorageSpec = Field(default_factory=StorageSpec, description="Object storage settings for s3:// URIs.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Compute and placement.")
+    image: str | None = Field(
+        default=None, min_length=1, description="Trainer image; the operator's default when unset."
+    )
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Retries of transient failures.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Fail the job (DeadlineExceeded) when it has run this long."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0,
+        description="Delete the job's pods and ConfigMaps this long after it finishes; the FineTuneJob and its "
+        "status are kept.",
+    )
+    suspend: bool = Field(
+        default=False, description="Stop the running pod and hold; set back to false to resume from a checkpoint."
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> FineTuneJobSpec:
+        if self.storage.s3.secret_ref is not None and not self._uses_s3():
+            raise ValueError("storage.s3.secretRef is set but no model, dataset or output uri uses s3://")
+        return self
+
+    def _uses_s3(self) -> bool:
+        uris = [self.model.uri, self.dataset.train.uri, self.output.uri]
+        if self.dataset.eval:
+            uris.append(self.dataset.eval.uri)
+        if self.evaluation.regression:
+            uris.append(self.evaluation.regression.uri)
+        return any(u.startswith("s3://") for u in uris)

@@ -1,0 +1,163 @@
+"""FineTuneJob status: conditions keyed by type, and the phase derived from them for print columns."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import Field
+
+from .base import ApiModel
+
+
+class ConditionType:
+    """Condition types, one entry each in status.conditions."""
+
+    VALIDATED = "Validated"
+    SCHEDULED = "Scheduled"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    EVALUATION_PASSED = "EvaluationPassed"
+
+
+class Reason:
+    """CamelCase condition reasons: the one list of them."""
+
+    VALID = "Valid"
+    INVALID_SPEC = "InvalidSpec"
+    RUNTIME_NOT_FOUND = "RuntimeNotFound"
+    POD_CREATED = "PodCreated"
+    POD_SCHEDULED = "PodScheduled"
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    TRAINING = "Training"
+    WAITING = "Waiting"
+    BACKOFF = "BackoffBeforeRetry"
+    COMPLETED = "Completed"
+    ALREADY_COMPLETE = "AlreadyComplete"
+    DATA_INVALID = "DataInvalid"
+    ACCESS_DENIED = "AccessDenied"
+    NOT_FOUND = "NotFound"
+    OOM_KILLED = "OOMKilled"
+    PREEMPTED = "Preempted"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    TRAINER_ERROR = "TrainerError"
+    POD_DELETED = "PodDeleted"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    SPEC_CHANGED = "SpecChanged"
+    GATE_PASSED = "GatePassed"
+    GATE_FAILED = "GateFailed"
+    NO_GATE = "NoGate"
+
+
+Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+
+
+class Condition(ApiModel):
+    """One observed aspect of the job, Kubernetes style."""
+
+    type: str = Field(description="Condition type, e.g. Validated, Scheduled, Running, Succeeded, Failed.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase machine-readable reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="metadata.generation this condition describes.")
+
+
+class Progress(ApiModel):
+    """Live training progress reported by the trainer."""
+
+    step: int = Field(default=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    percent: int = Field(default=0, description="step / totalSteps as a whole percent.")
+    epoch: float | None = Field(default=None, description="Fractional epoch.")
+    loss: float | None = Field(default=None, description="Recent training loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds to the end of training.")
+    stage: str | None = Field(default=None, description="Trainer stage: loading, training, evaluating, saving.")
+    last_updated: str | None = Field(default=None, description="When the trainer reported this (RFC 3339).")
+
+
+class Artifacts(ApiModel):
+    """URIs of what the run wrote."""
+
+    root: str | None = Field(default=None, description="{output.uri}/{namespace}/{name}/{specHash}/")
+    adapter: str | None = Field(default=None, description="PEFT adapter folder.")
+    merged: str | None = Field(default=None, description="Merged model folder, when output.mergeAdapter is set.")
+    report: str | None = Field(default=None, description="HTML report with the loss curve and base-vs-tuned table.")
+    metrics: str | None = Field(default=None, description="metrics.json")
+    predictions: str | None = Field(default=None, description="predictions.jsonl")
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state of a FineTuneJob, written only by the operator."""
+
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions keyed by type.")
+    phase: Phase | None = Field(default=None, description="Pending, Running, Suspended, Succeeded or Failed (derived).")
+    observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
+    spec_hash: str | None = Field(default=None, description="Hash of the spec fields that change the result.")
+    attempts: int = Field(default=0, description="Trainer pods started for this spec hash.")
+    pod_name: str | None = Field(default=None, description="The current or last trainer pod.")
+    start_time: str | None = Field(default=None, description="When the first pod of this run was created.")
+    completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
+    progress: Progress | None = Field(default=None, description="Live training progress.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Held-out metrics of the tuned model.")
+    base_metrics: dict[str, float] = Field(default_factory=dict, description="The same metrics for the base model.")
+    eval_summary: str | None = Field(default=None, description="One-line metric summary for kubectl get.")
+    artifacts: Artifacts | None = Field(default=None, description="Artefact URIs.")
+    message: str | None = Field(default=None, description="Latest human-readable state.")
+
+
+def now_rfc3339(now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    return now.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def get_condition(conditions: list[Condition], ctype: str) -> Condition | None:
+    return next((c for c in conditions if c.type == ctype), None)
+
+
+def is_true(conditions: list[Condition], ctype: str) -> bool:
+    cond = get_condition(conditions, ctype)
+    return cond is not None and cond.status == "True"
+
+
+def set_condition(
+    conditions: list[Condition],
+    ctype: str,
+    status: bool | str,
+    reason: str,
+    message: str = "",
+    generation: int | None = None,
+    now: str | None = None,
+) -> list[Condition]:
+    """Return conditions with `ctype` set. lastTransitionTime moves only when the status flips."""
+    status_str = status if isinstance(status, str) else ("True" if status else "False")
+    existing = get_condition(conditions, ctype)
+    transition = now or now_rfc3339()
+    if existing is not None and existing.status == status_str:
+        transition = existing.last_transition_time
+    updated = Condition(
+        type=ctype, status=status_str, reason=reason, message=message,
+        last_transition_time=transition, observed_generation=generation,
+    )
+    out = [c for c in conditions if c.type != ctype]
+    out.append(updated)
+    return out
+
+
+def derive_phase(conditions: list[Condition]) -> Phase:
+    """The single place phase comes from; conditions are the truth."""
+    for ctype, phase in (
+        (ConditionType.FAILED, "Failed"),
+        (ConditionType.SUCCEEDED, "Succeeded"),
+        (ConditionType.SUSPENDED, "Suspended"),
+        (ConditionType.RUNNING, "Running"),
+    ):
+        if is_true(conditions, ctype):
+            return phase  # type: ignore[return-value]
+    return "Pending"
