@@ -1,0 +1,83 @@
+"""Spec hash stability, condition bookkeeping and the trainer's termination message."""
+
+from __future__ import annotations
+
+import json
+
+from kubetune_api import (
+    ConditionType,
+    ExitCode,
+    Reason,
+    TrainerResult,
+    derive_phase,
+    parse_spec,
+    set_condition,
+    spec_hash,
+)
+from kubetune_api.results import TERMINATION_LIMIT
+
+BASE = {
+    "model": {"uri": "s3://models/base/"},
+    "dataset": {"train": {"uri": "s3://data/train.jsonl"}},
+    "output": {"uri": "s3://out/"},
+}
+
+
+def h(spec):
+    return spec_hash(parse_spec(spec))
+
+
+def test_hash_ignores_key_order_and_spelled_out_defaults():
+    reordered = {"output": BASE["output"], "dataset": BASE["dataset"], "model": BASE["model"]}
+    explicit = {**BASE, "method": {"type": "lora", "lora": {"r": 16, "alpha": 32}},
+                "training": {"epochs": 3, "learningRate": 2e-4}, "dataset": {**BASE["dataset"], "evalSplit": 0.1}}
+    assert h(BASE) == h(reordered) == h(explicit)
+
+
+def test_hash_changes_with_what_changes_the_result():
+    assert h(BASE) != h({**BASE, "training": {"learningRate": 1e-4}})
+    assert h(BASE) != h({**BASE, "method": {"type": "qlora"}})
+    assert h(BASE) != h({**BASE, "output": {"uri": "s3://out/", "mergeAdapter": True}})
+
+
+def test_hash_ignores_how_and_where_it_runs():
+    operational = {**BASE, "resources": {"gpus": 2, "memory": "80Gi"}, "suspend": True, "image": "x:1",
+                   "failurePolicy": {"maxRetries": 5}, "activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": 1}
+    assert h(BASE) == h(operational)
+
+
+def test_transition_time_moves_only_when_status_flips():
+    conds = set_condition([], ConditionType.RUNNING, True, Reason.TRAINING, "step 1", 1, now="2026-01-01T00:00:00Z")
+    conds = set_condition(conds, ConditionType.RUNNING, True, Reason.TRAINING, "step 9", 1, now="2026-01-01T00:05:00Z")
+    assert conds[0].last_transition_time == "2026-01-01T00:00:00Z" and conds[0].message == "step 9"
+    conds = set_condition(conds, ConditionType.RUNNING, False, Reason.COMPLETED, "", 1, now="2026-01-01T00:09:00Z")
+    assert conds[0].last_transition_time == "2026-01-01T00:09:00Z" and len(conds) == 1
+
+
+def test_phase_is_derived_from_conditions():
+    assert derive_phase([]) == "Pending"
+    conds = set_condition([], ConditionType.RUNNING, True, Reason.TRAINING)
+    assert derive_phase(conds) == "Running"
+    conds = set_condition(conds, ConditionType.FAILED, True, Reason.OOM_KILLED)
+    assert derive_phase(conds) == "Failed"
+
+
+def test_exit_codes_map_to_reasons_and_retry_policy():
+    assert ExitCode.DATA_INVALID.reason == Reason.DATA_INVALID and not ExitCode.DATA_INVALID.retryable
+    assert ExitCode.OUT_OF_MEMORY.retryable and ExitCode.OUT_OF_MEMORY.reason == Reason.OOM_KILLED
+    assert not ExitCode.ACCESS_DENIED.retryable and not ExitCode.INVALID_CONFIG.retryable
+
+
+def test_termination_message_fits_in_4_kib_and_keeps_metrics():
+    result = TrainerResult(ok=False, reason=Reason.DATA_INVALID, message="row 7: bad\n" * 2000,
+                           metrics={"rougeL": 0.5}, artifacts={"root": "s3://o/x/"})
+    text = result.to_termination_message()
+    assert len(text.encode()) <= TERMINATION_LIMIT
+    back = TrainerResult.from_termination_message(text)
+    assert back.reason == Reason.DATA_INVALID and back.metrics == {"rougeL": 0.5}
+    assert back.message.startswith("row 7: bad")
+    assert json.loads(text)["ok"] is False
+
+
+def test_garbage_termination_message_is_ignored():
+    assert TrainerResult.from_termination_message("Traceback (most recent call last): ...") is None
