@@ -18,11 +18,22 @@ from .job import (
     spec_hash,
 )
 from .results import ExitCode, ProgressEvent, TrainerResult
+from .runtime import (
+    RUNTIME_KIND,
+    RUNTIME_PLURAL,
+    ClusterFineTuneRuntime,
+    FineTuneRuntimeSpec,
+    apply_runtime,
+    parse_runtime,
+    parse_runtime_spec,
+)
 from .spec import FineTuneJobSpec
 from .status import Condition, ConditionType, FineTuneJobStatus, Reason, derive_phase, set_condition
 
 __all__ = [
-    "API_VERSION", "GROUP", "KIND", "PLURAL", "VERSION", "Condition", "ConditionType", "ExitCode",
-    "FineTuneJob", "FineTuneJobSpec", "FineTuneJobStatus", "ProgressEvent", "Reason", "SpecError",
-    "TrainerResult", "derive_phase", "load_manifest", "parse_job", "parse_spec", "set_condition", "spec_hash",
+    "API_VERSION", "GROUP", "KIND", "PLURAL", "RUNTIME_KIND", "RUNTIME_PLURAL", "VERSION",
+    "ClusterFineTuneRuntime", "Condition", "ConditionType", "ExitCode", "FineTuneJob", "FineTuneJobSpec",
+    "FineTuneJobStatus", "FineTuneRuntimeSpec", "ProgressEvent", "Reason", "SpecError", "TrainerResult",
+    "apply_runtime", "derive_phase", "load_manifest", "parse_job", "parse_runtime", "parse_runtime_spec",
+    "parse_spec", "set_condition", "spec_hash",
 ]

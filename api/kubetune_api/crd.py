@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 
 from .job import GROUP, KIND, PLURAL, VERSION
+from .runtime import RUNTIME_KIND, RUNTIME_PLURAL, FineTuneRuntimeSpec
 from .spec import FineTuneJobSpec
 from .status import FineTuneJobStatus
 
@@ -92,6 +93,16 @@ def _columns() -> list[dict[str, Any]]:
     ]
 
 
+def _runtime_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Family", "type": "string", "jsonPath": ".spec.modelFamily"},
+        {"name": "Method", "type": "string", "jsonPath": ".spec.method.type"},
+        {"name": "GPUs", "type": "integer", "jsonPath": ".spec.resources.gpus"},
+        {"name": "GPU", "type": "string", "jsonPath": ".spec.resources.gpuProduct"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
 def build_crd(
     kind: str = KIND,
     plural: str = PLURAL,
@@ -145,7 +156,13 @@ def build_crd(
 
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, for every resource the API defines."""
-    return {f"{GROUP}_{PLURAL}.yaml": build_crd()}
+    return {
+        f"{GROUP}_{PLURAL}.yaml": build_crd(),
+        f"{GROUP}_{RUNTIME_PLURAL}.yaml": build_crd(
+            kind=RUNTIME_KIND, plural=RUNTIME_PLURAL, spec_model=FineTuneRuntimeSpec, status_model=None,
+            scope="Cluster", short_names=("ftrt",), columns=_runtime_columns(),
+        ),
+    }
 
 
 def render(crd: dict[str, Any]) -> str:

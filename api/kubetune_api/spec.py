@@ -454,6 +454,11 @@ class FineTuneJobSpec(ApiModel):
     image: str | None = Field(
         default=None, min_length=1, description="Trainer image; the operator's default when unset."
     )
+    runtime_ref: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS1123_SUBDOMAIN,
+        description="Name of a ClusterFineTuneRuntime whose image, method, training and resources settings "
+        "this job inherits; fields set on the job override the runtime's.",
+    )
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpointing.")
     failure_policy: FailurePolicy = Field(default_factory=FailurePolicy, description="Retries of transient failures.")
     active_deadline_seconds: int | None = Field(
