@@ -18,6 +18,8 @@ DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 URI_SCHEMES = ("s3://", "hf://", "file://", "bundled://", "/", "./", "../")
+# Relative paths are resolved against the manifest's folder; they only mean something to `kubetune run`.
+LOCAL_ONLY_PREFIXES = ("./", "../")
 URI_HELP = (
     "s3://bucket/prefix, hf://org/name, file:///path, an absolute path on a mounted volume, bundled://name, "
     "or a path relative to the manifest (local runs only)"
@@ -480,9 +482,24 @@ class FineTuneJobSpec(ApiModel):
         return self
 
     def _uses_s3(self) -> bool:
-        uris = [self.model.uri, self.dataset.train.uri, self.output.uri]
+        return any(u.startswith("s3://") for u in self.uris().values())
+
+    def uris(self) -> dict[str, str]:
+        """Every URI of the spec by its field path, e.g. {"spec.model.uri": "s3://..."}."""
+        uris = {"spec.model.uri": self.model.uri, "spec.dataset.train.uri": self.dataset.train.uri}
         if self.dataset.eval:
-            uris.append(self.dataset.eval.uri)
+            uris["spec.dataset.eval.uri"] = self.dataset.eval.uri
         if self.evaluation.regression:
-            uris.append(self.evaluation.regression.uri)
-        return any(u.startswith("s3://") for u in uris)
+            uris["spec.evaluation.regression.uri"] = self.evaluation.regression.uri
+        uris["spec.output.uri"] = self.output.uri
+        return uris
+
+    def in_cluster_errors(self) -> list[str]:
+        """Rules for a job run by the operator rather than `kubetune run`: a path relative to the manifest
+        file means nothing in a pod. One line per problem, starting with the field path."""
+        return [
+            f"{path}: {uri!r} is relative to a manifest file, which only local runs have; in a cluster use "
+            "s3://bucket/prefix, hf://org/name, bundled://name or an absolute path on a mounted volume"
+            for path, uri in self.uris().items()
+            if uri.startswith(LOCAL_ONLY_PREFIXES)
+        ]

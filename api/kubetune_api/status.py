@@ -101,6 +101,12 @@ class FineTuneJobStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
     spec_hash: str | None = Field(default=None, description="Hash of the spec fields that change the result.")
     attempts: int = Field(default=0, description="Trainer pods started for this spec hash.")
+    retries: int = Field(
+        default=0, description="Failed attempts retried so far; suspension and resumption do not count."
+    )
+    next_attempt_time: str | None = Field(
+        default=None, description="When the next attempt starts, after a retryable failure (RFC 3339)."
+    )
     pod_name: str | None = Field(default=None, description="The current or last trainer pod.")
     start_time: str | None = Field(default=None, description="When the first pod of this run was created.")
     completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
