@@ -1,0 +1,70 @@
+"""The kopf handlers: one startup hook owning all settings, and watch handlers that only file what they
+see with the reconciler. All decisions are in plan.py; all I/O in reconciler.py."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import kopf
+
+from kubetune_api import GROUP, PLURAL, RUNTIME_PLURAL, VERSION
+
+from . import metrics, progress
+from .builders import JOB_LABEL
+from .kube import Kube
+from .reconciler import Reconciler
+from .settings import Settings, configure_kopf
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    configure_kopf(settings)
+    config = Settings.from_env()
+    if config.progress_key_generated:
+        log.warning(
+            "KUBETUNE_PROGRESS_KEY is not set: using a random key, so the progress tokens of running trainer "
+            "pods stop working when the operator restarts (set it from a Secret)"
+        )
+    if not config.progress_url:
+        log.warning("KUBETUNE_PROGRESS_URL is not set: trainer pods report progress to their logs only")
+    store = progress.ProgressStore(config.progress_interval)
+    reconciler = Reconciler(Kube.connect(), config, store)
+    memo.config, memo.reconciler = config, reconciler
+    memo.progress_runner = None
+    if config.progress_port:
+        app = progress.progress_app(config.progress_key, reconciler.uid_of, store, reconciler.request)
+        memo.progress_runner = await progress.serve(app, config.progress_port)
+    metrics.serve(config.metrics_port, reconciler.phases)
+    log.info(
+        "kubetune operator ready: namespaces=%s trainer image=%s progress=%s metrics port=%s",
+        ",".join(config.namespaces) or "(all)", config.trainer_image, config.progress_url or "(logs only)",
+        config.metrics_port or "(off)",
+    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("progress_runner") is not None:
+        await memo.progress_runner.cleanup()
+    if memo.get("reconciler") is not None:
+        await memo.reconciler.stop()
+        await memo.reconciler.kube.close()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.job_event(event.get("type"), copy.deepcopy(event["object"]))
+
+
+@kopf.on.event("v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
+async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.pod_event(event.get("type"), copy.deepcopy(event["object"]))
+
+
+@kopf.on.event(GROUP, VERSION, RUNTIME_PLURAL)
+async def runtime_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.runtime_event(event.get("type"), copy.deepcopy(event["object"]))

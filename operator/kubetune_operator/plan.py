@@ -1,0 +1,334 @@
+"""The FineTuneJob state machine as one pure function:
+
+    plan(Observed(job body, its pods, now, latest progress, runtime)) -> Plan(status, pod to create,
+                                                                           pods to delete, events, requeue)
+
+Everything is derived from what is observed (the stored status and the pods' own state), so a restarted
+operator reaches the same decisions: a pod of a newer attempt than the status knows is adopted, a failure
+already accounted for (status.nextAttemptTime set) is not counted twice, a pod that finished while the
+operator was down still yields its result. The reconciler (reconciler.py) does the I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from kubetune_api import ConditionType as C
+from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
+from kubetune_api.status import Artifacts, Progress, is_true, now_rfc3339
+
+from .builders import pod_name
+from .conditions import Event, eval_summary, headline, parse_time, read_status, transition_events
+from .observe import PodView, Stage, view_pod
+from .validation import resolve
+
+# How soon to look again while waiting for something no event announces (a pod still being deleted).
+RECHECK_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Observed:
+    body: dict[str, Any]  # the FineTuneJob as read from the API server
+    pods: list[dict[str, Any]]  # pods carrying its job-name label
+    now: datetime
+    progress: Progress | None = None  # the trainer's latest report, when it may be written now
+    runtime: dict[str, Any] | None = None  # spec of the ClusterFineTuneRuntime named by spec.runtimeRef
+
+
+@dataclass
+class Plan:
+    job: FineTuneJob | None
+    status: dict[str, Any] = field(default_factory=dict)  # the whole desired status (wire form)
+    create_attempt: int | None = None  # create pod <name>-<n> (with its ConfigMap and Secret) first
+    deadline_left: int | None = None  # seconds of activeDeadlineSeconds left, for the new pod
+    delete: list[str] = field(default_factory=list)  # pod names
+    cleanup: bool = False  # ttlSecondsAfterFinished passed: delete every child, keep the job
+    requeue_after: float | None = None
+    events: list[Event] = field(default_factory=list)
+
+    def wait(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.requeue_after = seconds if self.requeue_after is None else min(self.requeue_after, seconds)
+
+
+def plan(obs: Observed, image_pull_grace: float) -> Plan:
+    return _Planner(obs, image_pull_grace).run()
+
+
+def _owned(pod: dict[str, Any], uid: str | None) -> bool:
+    return any(ref.get("uid") == uid for ref in (pod.get("metadata") or {}).get("ownerReferences") or [])
+
+
+class _Planner:
+    def __init__(self, obs: Observed, image_pull_grace: float):
+        self.obs, self.now, self.grace = obs, obs.now, image_pull_grace
+        self.stamp = now_rfc3339(obs.now)
+        meta = obs.body.get("metadata") or {}
+        self.generation = meta.get("generation")
+        self.old = read_status(obs.body.get("status"))
+        self.st = self.old.model_copy(deep=True)
+        self.out = Plan(job=None)
+        uid = meta.get("uid")
+        self.views = [view_pod(p) for p in obs.pods if _owned(p, uid)]
+        # Pods of an earlier FineTuneJob of the same name, not yet garbage-collected: they hold our names.
+        self.orphans = [p for p in obs.pods if not _owned(p, uid)]
+        self.out.delete += [
+            p["metadata"]["name"] for p in self.orphans if not p["metadata"].get("deletionTimestamp")
+        ]
+        self.mine: dict[int, PodView] = {}
+
+    # -------------------------------------------------------------- helpers
+
+    def cond(self, ctype: str, status: bool | str, reason: str, message: str = "") -> None:
+        self.st.conditions = set_condition(
+            self.st.conditions, ctype, status, reason, message, self.generation, self.stamp
+        )
+
+    def delete(self, views: list[PodView]) -> None:
+        self.out.delete += [v.name for v in views if not v.deleting and v.name not in self.out.delete]
+
+    def seconds_since(self, stamp: str) -> float:
+        return (self.now - parse_time(stamp)).total_seconds()
+
+    # -------------------------------------------------------------- flow
+
+    def run(self) -> Plan:
+        job, reason, errors = resolve(self.obs.body, self.obs.runtime)
+        if job is None:
+            self.invalid(reason, errors)
+        else:
+            self.out.job = job
+            self.valid(job)
+        self.st.observed_generation = self.generation
+        self.st.phase = derive_phase(self.st.conditions)
+        self.st.message = headline(self.st.conditions)
+        self.out.status = self.st.to_wire()
+        self.out.events += transition_events(self.old.conditions, self.st.conditions)
+        return self.out
+
+    def invalid(self, reason: str, errors: list[str]) -> None:
+        message = "; ".join(errors)
+        self.cond(C.VALIDATED, False, reason, message)
+        if reason == Reason.RUNTIME_NOT_FOUND:
+            return  # hold everything as it is until the runtime exists (its creation wakes the job)
+        if not is_true(self.st.conditions, C.FAILED):
+            self.st.completion_time = self.stamp
+        self.cond(C.FAILED, True, Reason.INVALID_SPEC, message)
+        for ctype in (C.RUNNING, C.SUCCEEDED):
+            if is_true(self.st.conditions, ctype):
+                self.cond(ctype, False, Reason.INVALID_SPEC, "the spec is invalid")
+        self.st.spec_hash = None  # whatever valid spec comes next starts a new run
+        self.st.next_attempt_time = None
+        self.delete([v for v in self.views if v.active])
+
+    def valid(self, job: FineTuneJob) -> None:
+        self.cond(C.VALIDATED, True, Reason.VALID, "the spec is valid")
+        run_hash = job.spec_hash
+        if self.st.spec_hash != run_hash:
+            if self.finished() and self.old.observed_generation == self.generation:
+                # The hash moved without an edit of this job (its runtime changed, or a newer operator
+                # hashes differently): a finished job stays finished; the change applies to the next run.
+                run_hash = self.st.spec_hash
+            else:
+                self.new_run(run_hash)
+        self.delete([v for v in self.views if v.spec_hash != run_hash])  # their names are reused
+        self.mine = {v.attempt: v for v in self.views if v.spec_hash == run_hash}
+        if self.finished():
+            self.settle(job)
+            return
+        self.adopt()
+        self.step(job)
+
+    def finished(self) -> bool:
+        return is_true(self.st.conditions, C.SUCCEEDED) or is_true(self.st.conditions, C.FAILED)
+
+    def new_run(self, run_hash: str) -> None:
+        """A changed spec (or a valid one after an invalid one): stop the old run, start from attempt 1."""
+        if self.st.spec_hash:
+            message = f"the spec changed (hash {self.st.spec_hash} -> {run_hash}): starting a new run"
+        else:
+            message = "starting a new run"
+        for cond in list(self.st.conditions):
+            if cond.type == C.EVALUATION_PASSED:
+                self.cond(cond.type, "Unknown", Reason.SPEC_CHANGED, message)
+            elif cond.type not in (C.VALIDATED, C.SUSPENDED):
+                self.cond(cond.type, False, Reason.SPEC_CHANGED, message)
+        for name in ("pod_name", "start_time", "completion_time", "progress", "eval_summary", "artifacts",
+                     "next_attempt_time"):
+            setattr(self.st, name, None)
+        self.st.attempts = self.st.retries = 0
+        self.st.metrics, self.st.base_metrics = {}, {}
+        self.st.spec_hash = run_hash
+
+    def settle(self, job: FineTuneJob) -> None:
+        """A finished job: nothing may run; its children go once ttlSecondsAfterFinished has passed."""
+        self.delete([v for v in self.mine.values() if v.active])
+        ttl = job.spec.ttl_seconds_after_finished
+        if ttl is None or not self.st.completion_time:
+            return
+        left = ttl - self.seconds_since(self.st.completion_time)
+        if left > 0:
+            self.out.wait(left)
+        else:
+            self.out.cleanup = True
+            self.delete(list(self.mine.values()))
+
+    def adopt(self) -> None:
+        """A pod of a newer attempt than the status records was created just before an operator restart."""
+        top = max(self.mine, default=0)
+        if top > self.st.attempts:
+            pod = self.mine[top]
+            self.st.attempts, self.st.pod_name, self.st.next_attempt_time = top, pod.name, None
+            self.st.start_time = self.st.start_time or pod.created
+
+    def step(self, job: FineTuneJob) -> None:
+        pod = self.mine.get(self.st.attempts) if self.st.attempts else None
+        if pod is not None and pod.stage is Stage.SUCCEEDED:
+            self.succeed(job, pod)
+        elif job.spec.suspend:
+            self.suspend()
+        elif is_true(self.st.conditions, C.SUSPENDED) and (pod is None or pod.stage is Stage.FAILED or
+                                                          pod.stage is Stage.TERMINATING):
+            self.start_attempt(job, resume=True)
+        elif self.deadline_passed(job):
+            pass
+        elif self.st.next_attempt_time:
+            left = -self.seconds_since(self.st.next_attempt_time)
+            if left > 0:
+                self.out.wait(left)
+            else:
+                self.start_attempt(job)
+        elif pod is None and self.st.attempts == 0:
+            self.start_attempt(job)
+        elif pod is None:
+            self.failed(job, Reason.PREEMPTED, True, f"pod {self.st.pod_name} was deleted before it finished")
+        elif pod.stage is Stage.FAILED:
+            self.failed(job, pod.reason, pod.retryable, pod.message, since=pod.finished)
+        else:
+            if is_true(self.st.conditions, C.SUSPENDED):
+                self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resumed")
+            self.watch(pod)
+
+    # -------------------------------------------------------------- transitions
+
+    def start_attempt(self, job: FineTuneJob, resume: bool = False) -> None:
+        """Create the next pod, but never while another pod of this job may still be running, and never
+        under a name a pod being deleted still holds."""
+        attempt = self.st.attempts + 1
+        name = pod_name(job.metadata.name, attempt)
+        if self.out.delete or self.orphans or any(v.active or v.deleting for v in self.views):
+            self.out.wait(RECHECK_SECONDS)
+            return
+        self.out.create_attempt = attempt
+        self.st.attempts, self.st.pod_name, self.st.next_attempt_time = attempt, name, None
+        if resume:
+            # As for Kubernetes Jobs, the activeDeadlineSeconds clock restarts on resumption.
+            self.st.start_time = self.stamp
+            self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resuming from the last checkpoint")
+        self.st.start_time = self.st.start_time or self.stamp
+        self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"created pod {name} (attempt {attempt}); waiting for a node")
+        self.cond(C.RUNNING, False, Reason.WAITING, f"pod {name} is pending")
+        deadline = job.spec.active_deadline_seconds
+        if deadline:
+            self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
+
+    def watch(self, pod: PodView) -> None:
+        """Conditions of a pod that has not ended."""
+        if pod.stage in (Stage.PENDING, Stage.UNSCHEDULABLE):
+            if pod.stage is Stage.UNSCHEDULABLE:
+                self.cond(C.SCHEDULED, False, Reason.UNSCHEDULABLE, pod.message)
+            else:
+                self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"pod {pod.name} is waiting for a node")
+            self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} is pending")
+            return
+        if pod.stage is Stage.TERMINATING:
+            self.out.wait(RECHECK_SECONDS)
+            return
+        self.cond(C.SCHEDULED, True, Reason.POD_SCHEDULED, f"pod {pod.name} is on node {pod.node}")
+        if pod.stage is Stage.IMAGE_PULL:
+            self.image_pull(pod)
+        elif pod.stage is Stage.STARTING:
+            self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} is starting")
+        else:
+            self.cond(C.RUNNING, True, Reason.TRAINING, f"attempt {pod.attempt} is training in pod {pod.name}")
+            if self.obs.progress is not None:
+                self.st.progress = self.obs.progress
+
+    def image_pull(self, pod: PodView) -> None:
+        waited = self.seconds_since(pod.created) if pod.created else 0.0
+        detail = f"{pod.reason}: {pod.message}".rstrip(": ")
+        if waited >= self.grace:
+            self.fail(Reason.IMAGE_PULL_FAILED, f"pod {pod.name} could not pull its image for {waited:.0f}s: {detail}")
+        else:
+            self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} cannot pull its image yet: {detail}")
+            self.out.wait(self.grace - waited)
+
+    def suspend(self) -> None:
+        self.delete([v for v in self.mine.values() if v.active])
+        if not is_true(self.st.conditions, C.SUSPENDED):
+            stopped = f"; stopped pod {self.st.pod_name}" if self.st.attempts else ""
+            self.cond(C.SUSPENDED, True, Reason.SUSPENDED, f"spec.suspend is true{stopped}")
+        self.cond(C.RUNNING, False, Reason.SUSPENDED, "suspended")
+        self.st.next_attempt_time = None  # a pending retry happens on resumption instead
+
+    def deadline_passed(self, job: FineTuneJob) -> bool:
+        deadline = job.spec.active_deadline_seconds
+        if not deadline or not self.st.start_time:
+            return False
+        left = deadline - self.seconds_since(self.st.start_time)
+        if left > 0:
+            self.out.wait(left)
+            return False
+        self.fail(Reason.DEADLINE_EXCEEDED, f"the job ran longer than spec.activeDeadlineSeconds ({deadline}s)")
+        return True
+
+    def failed(self, job: FineTuneJob, reason: str, retryable: bool, message: str, since: str | None = None) -> None:
+        """An attempt ended in failure: retry with exponential backoff, or fail the job."""
+        attempt, policy = self.st.attempts, job.spec.failure_policy
+        what = f"attempt {attempt} failed with {reason}: {message}"
+        if not retryable:
+            self.fail(reason, what)
+        elif self.st.retries >= policy.max_retries:
+            self.fail(Reason.RETRIES_EXHAUSTED, f"{what}; failurePolicy.maxRetries ({policy.max_retries}) used up")
+        else:
+            self.st.retries += 1
+            delay = policy.backoff_seconds * 2 ** (self.st.retries - 1)
+            at = (parse_time(since) if since else self.now) + timedelta(seconds=delay)
+            self.st.next_attempt_time = now_rfc3339(at)
+            self.cond(C.RUNNING, False, Reason.BACKOFF,
+                      f"{what}; retry {self.st.retries} of {policy.max_retries} in {delay}s")
+            self.out.events.append(Event("Warning", reason, what))
+            self.out.wait((at - self.now).total_seconds())
+
+    def fail(self, reason: str, message: str) -> None:
+        self.cond(C.FAILED, True, reason, message)
+        self.cond(C.RUNNING, False, reason, message)
+        self.st.completion_time, self.st.next_attempt_time = self.stamp, None
+        self.delete([v for v in self.mine.values() if v.active])
+
+    def succeed(self, job: FineTuneJob, pod: PodView) -> None:
+        result = pod.result
+        reason = result.reason if result and result.reason == Reason.ALREADY_COMPLETE else Reason.COMPLETED
+        attempts = f"{self.st.attempts} attempt" + ("s" if self.st.attempts != 1 else "")
+        self.cond(C.SUCCEEDED, True, reason, (result.message if result else "") or f"trained in {attempts}")
+        self.cond(C.RUNNING, False, Reason.COMPLETED, f"pod {pod.name} completed")
+        self.st.completion_time, self.st.next_attempt_time = pod.finished or self.stamp, None
+        progress = self.obs.progress or self.st.progress or Progress()
+        self.st.progress = progress.model_copy(update={"percent": 100, "stage": "done"})
+        if result is None:
+            self.cond(C.EVALUATION_PASSED, "Unknown", Reason.COMPLETED, "the trainer reported no result")
+            return
+        self.st.metrics, self.st.base_metrics = dict(result.metrics), dict(result.base_metrics)
+        known = {k: v for k, v in result.artifacts.items() if k in Artifacts.model_fields}
+        self.st.artifacts = Artifacts(**{"root": job.artifact_root(), **known})
+        gate = job.spec.evaluation.gate
+        self.st.eval_summary = eval_summary(self.st.metrics, self.st.base_metrics, gate.metric if gate else None)
+        if result.gate_passed is None:
+            self.cond(C.EVALUATION_PASSED, True, Reason.NO_GATE, result.gate_message or "no evaluation gate is set")
+        elif result.gate_passed:
+            self.cond(C.EVALUATION_PASSED, True, Reason.GATE_PASSED, result.gate_message or "the gate passed")
+        else:
+            self.cond(C.EVALUATION_PASSED, False, Reason.GATE_FAILED, result.gate_message or "the gate failed")
+

@@ -1,0 +1,290 @@
+"""The reconcile loop: a keyed work queue in front of `plan()`, and the I/O that carries a plan out.
+
+kopf delivers watch events for FineTuneJobs, their pods and runtimes; the handlers only file them here and
+ask for the job to be reconciled. Each job has at most one reconcile running; requests arriving meanwhile
+coalesce into one more pass. Time-driven steps (backoff, image-pull grace, deadline, TTL, progress flush)
+are asyncio timers on the same loop, never sleeps.
+
+A reconcile plans on the watch cache first, which is enough to see that nothing needs doing (the common
+case: our own status patch coming back). Anything that writes is planned again on a fresh GET of the job
+and LIST of its pods, and the status patch is conditional on the job's resourceVersion, so a stale cache
+or a concurrent edit can never make the operator act twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import aiohttp
+import kopf
+
+from . import metrics
+from .builders import (
+    JOB_LABEL,
+    build_config_map,
+    build_progress_secret,
+    build_trainer_pod,
+    config_map_name,
+    progress_secret_name,
+)
+from .conditions import merge_patch, parse_time
+from .kube import ApiError, Kube
+from .plan import Observed, Plan, plan
+from .progress import Key, ProgressStore, progress_token
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Reconciles that may talk to the API server at once: an operator restart with hundreds of jobs ramps up
+# instead of bursting.
+MAX_CONCURRENT_WRITES = 16
+MAX_ERROR_BACKOFF = 60.0
+
+
+class StaleChild(ApiError):
+    """A pod of that name belongs to an earlier FineTuneJob of the same name (the garbage collector, or
+    our next plan, removes it)."""
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, settings: Settings, store: ProgressStore):
+        self.kube, self.settings, self.store = kube, settings, store
+        self.jobs: dict[Key, dict[str, Any]] = {}  # latest body seen per job
+        self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # pods per job, by name
+        self.runtimes: dict[str, dict[str, Any]] = {}  # ClusterFineTuneRuntime specs by name
+        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._again: set[Key] = set()
+        self._errors: dict[Key, int] = {}
+        self._cleaned: set[str] = set()  # uids whose children were removed after their TTL
+        self._writes = asyncio.Semaphore(MAX_CONCURRENT_WRITES)
+
+    # ------------------------------------------------------------------ inputs from kopf
+
+    def job_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if kind == "DELETED":
+            self.forget(key)
+            return
+        self.jobs[key] = copy.deepcopy(body)
+        self.request(key)
+
+    def pod_event(self, kind: str | None, pod: dict[str, Any]) -> None:
+        meta = pod["metadata"]
+        key = (meta["namespace"], (meta.get("labels") or {}).get(JOB_LABEL, ""))
+        pods = self.pods.setdefault(key, {})
+        if kind == "DELETED":
+            pods.pop(meta["name"], None)
+        else:
+            pods[meta["name"]] = copy.deepcopy(pod)
+        if key in self.jobs:
+            self.request(key)
+        elif not pods:
+            self.pods.pop(key, None)
+
+    def runtime_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if kind == "DELETED":
+            self.runtimes.pop(name, None)
+        else:
+            self.runtimes[name] = copy.deepcopy(body.get("spec") or {})
+        for key, job in self.jobs.items():
+            if (job.get("spec") or {}).get("runtimeRef") == name:
+                self.request(key)
+
+    def uid_of(self, namespace: str, name: str) -> str | None:
+        job = self.jobs.get((namespace, name))
+        return job["metadata"].get("uid") if job else None
+
+    def phases(self) -> list[str | None]:
+        return [(job.get("status") or {}).get("phase") for job in list(self.jobs.values())]
+
+    def forget(self, key: Key) -> None:
+        self.jobs.pop(key, None)
+        self.pods.pop(key, None)
+        self.store.forget(key)
+        self._errors.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer:
+            timer[1].cancel()
+
+    # ------------------------------------------------------------------ the work queue
+
+    def request(self, key: Key, delay: float = 0.0) -> None:
+        """Reconcile `key` now, or after `delay` seconds (an earlier pending request wins)."""
+        if delay <= 0:
+            self._kick(key)
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        pending = self._timers.get(key)
+        if pending and pending[0] <= when:
+            return
+        if pending:
+            pending[1].cancel()
+        self._timers[key] = (when, loop.call_at(when, self._fire, key))
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self._kick(key)
+
+    def _kick(self, key: Key) -> None:
+        if key in self._tasks:
+            self._again.add(key)
+        else:
+            self._tasks[key] = asyncio.get_running_loop().create_task(self._work(key))
+
+    async def _work(self, key: Key) -> None:
+        try:
+            while True:
+                self._again.discard(key)
+                delay = await self._reconcile_logged(key)
+                if delay is not None:
+                    self.request(key, delay)
+                if key not in self._again:
+                    return
+        finally:
+            self._tasks.pop(key, None)
+
+    async def stop(self) -> None:
+        for _, timer in self._timers.values():
+            timer.cancel()
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reconcile_logged(self, key: Key) -> float | None:
+        """Errors are logged with their cause, counted, and retried with exponential backoff."""
+        try:
+            delay = await self.reconcile(key)
+        except StaleChild as err:
+            kind, detail = "stale-child", err.message
+        except ApiError as err:
+            if err.conflict:
+                log.info("FineTuneJob %s/%s changed while it was reconciled; looking again", *key)
+                return 0.2
+            kind, detail = "api", str(err)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
+            kind, detail = "connection", f"{type(err).__name__}: {err}"
+        except Exception:  # a bug: keep the traceback, keep the other jobs going, retry this one
+            log.exception("reconciling FineTuneJob %s/%s failed", *key)
+            kind, detail = "bug", ""
+        else:
+            self._errors.pop(key, None)
+            return delay
+        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+        count = self._errors[key] = self._errors.get(key, 0) + 1
+        backoff = min(MAX_ERROR_BACKOFF, 0.5 * 2**count)
+        if detail:
+            log.warning("reconciling FineTuneJob %s/%s: %s; retrying in %.1fs", *key, detail, backoff)
+        return backoff
+
+    # ------------------------------------------------------------------ one reconcile
+
+    def _observe(self, body: dict[str, Any], pods: list[dict[str, Any]], key: Key) -> tuple[Observed, Any]:
+        progress = self.store.due(key)
+        ref = (body.get("spec") or {}).get("runtimeRef")
+        runtime = self.runtimes.get(ref) if ref else None
+        now = datetime.now(timezone.utc)
+        return Observed(body=body, pods=pods, now=now, progress=progress, runtime=runtime), progress
+
+    def _writes_needed(self, body: dict[str, Any], p: Plan) -> bool:
+        uid = body["metadata"].get("uid", "")
+        return bool(
+            p.create_attempt or p.delete or (p.cleanup and uid not in self._cleaned)
+            or merge_patch(body.get("status") or {}, p.status)
+        )
+
+    def _next(self, key: Key, p: Plan) -> float | None:
+        waits = [w for w in (p.requeue_after, self.store.wait(key)) if w is not None]
+        return min(waits) if waits else None
+
+    async def reconcile(self, key: Key) -> float | None:
+        body = self.jobs.get(key)
+        if body is None:
+            return None
+        obs, progress = self._observe(body, list(self.pods.get(key, {}).values()), key)
+        p = plan(obs, self.settings.image_pull_grace)
+        if not self._writes_needed(body, p):
+            if progress is not None:
+                self.store.written(key, progress)
+            return self._next(key, p)
+        async with self._writes:
+            fresh = await self.kube.get_job(*key)
+            if fresh is None:
+                self.forget(key)
+                return None
+            pods = await self.kube.list_pods(*key)
+            self.jobs[key] = fresh
+            self.pods[key] = {pod["metadata"]["name"]: pod for pod in pods}
+            obs, progress = self._observe(fresh, pods, key)
+            p = plan(obs, self.settings.image_pull_grace)
+            await self._execute(key, fresh, obs.now, p)
+        if progress is not None:
+            self.store.written(key, progress)
+        return self._next(key, p)
+
+    async def _execute(self, key: Key, body: dict[str, Any], now: datetime, p: Plan) -> None:
+        """Create first (a restart adopts what exists), then record the status, then delete: the verdict
+        is stored before the pods it was read from can disappear."""
+        namespace, name = key
+        if p.create_attempt is not None and p.job is not None:
+            await self._create_attempt(body, now, p)
+        patch = merge_patch(body.get("status") or {}, p.status)
+        if patch:
+            updated = await self.kube.patch_job_status(
+                namespace, name, {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": patch}
+            )
+            self.jobs[key] = updated
+            for event in p.events:
+                kopf.event(updated, type=event.type, reason=event.reason, message=event.message)
+            for event in p.events:
+                log.info("FineTuneJob %s/%s: %s %s", namespace, name, event.reason, event.message)
+        for pod in p.delete:
+            await self.kube.delete(namespace, "pods", pod)
+        uid = body["metadata"].get("uid", "")
+        if p.cleanup and uid not in self._cleaned:
+            await self.kube.delete(namespace, "configmaps", config_map_name(name))
+            await self.kube.delete(namespace, "secrets", progress_secret_name(name))
+            self._cleaned.add(uid)
+            log.info("FineTuneJob %s/%s: ttlSecondsAfterFinished passed; removed its pods and config", *key)
+
+    async def _create_attempt(self, body: dict[str, Any], now: datetime, p: Plan) -> None:
+        job, attempt = p.job, p.create_attempt
+        assert job is not None and attempt is not None
+        await self._ensure(build_config_map(job))
+        if self.settings.progress_url:
+            meta = body["metadata"]
+            token = progress_token(self.settings.progress_key, meta["namespace"], meta["name"], meta["uid"])
+            await self._ensure(build_progress_secret(job, token))
+        pod = build_trainer_pod(job, attempt, self.settings, p.deadline_left)
+        if await self._ensure(pod) and attempt == 1:
+            created = parse_time(body["metadata"]["creationTimestamp"])
+            metrics.CREATION_TO_POD.observe(max(0.0, (now - created).total_seconds()))
+
+    async def _ensure(self, obj: dict[str, Any]) -> bool:
+        """Create `obj`; True if this call created it. AlreadyExists is success: a ConfigMap or Secret is
+        brought up to date (and taken over from an earlier job of the same name) with a merge patch, never
+        read; an existing pod is adopted if it is ours."""
+        meta = obj["metadata"]
+        try:
+            await self.kube.create(obj)
+            return True
+        except ApiError as err:
+            if err.reason != "AlreadyExists":
+                raise
+        if obj["kind"] != "Pod":
+            patch = {"metadata": {k: meta[k] for k in ("labels", "ownerReferences")}, "data": obj["data"]}
+            await self.kube.patch(meta["namespace"], obj["kind"], meta["name"], patch)
+            return False
+        existing = await self.kube.get(meta["namespace"], "pods", meta["name"])
+        owners = {ref.get("uid") for ref in ((existing or {}).get("metadata") or {}).get("ownerReferences") or []}
+        if meta["ownerReferences"][0]["uid"] not in owners:
+            raise StaleChild(409, "POST", meta["name"], "AlreadyExists",
+                             f"pod {meta['name']} belongs to an earlier FineTuneJob of this name; waiting for it to go")
+        return False
