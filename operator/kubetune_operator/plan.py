@@ -82,9 +82,11 @@ class _Planner:
     # -------------------------------------------------------------- helpers
 
     def cond(self, ctype: str, status: bool | str, reason: str, message: str = "") -> None:
-        self.st.conditions = set_condition(
-            self.st.conditions, ctype, status, reason, message, self.generation, self.stamp
-        )
+        """set_condition, keeping each condition where it was in the list, so re-planning an unchanged job
+        yields an identical status (and no patch)."""
+        updated = set_condition(self.st.conditions, ctype, status, reason, message, self.generation, self.stamp)
+        order = [c.type for c in self.st.conditions]
+        self.st.conditions = sorted(updated, key=lambda c: order.index(c.type) if c.type in order else len(order))
 
     def delete(self, views: list[PodView]) -> None:
         self.out.delete += [v.name for v in views if not v.deleting and v.name not in self.out.delete]
@@ -135,11 +137,11 @@ class _Planner:
                 self.new_run(run_hash)
         self.delete([v for v in self.views if v.spec_hash != run_hash])  # their names are reused
         self.mine = {v.attempt: v for v in self.views if v.spec_hash == run_hash}
+        if not self.finished():
+            self.adopt()
+            self.step(job)
         if self.finished():
             self.settle(job)
-            return
-        self.adopt()
-        self.step(job)
 
     def finished(self) -> bool:
         return is_true(self.st.conditions, C.SUCCEEDED) or is_true(self.st.conditions, C.FAILED)
