@@ -1,0 +1,132 @@
+"""The `kubetune` command.
+
+    kubetune run examples/smollm2-local.yaml    # a manifest, locally, with a progress bar and a summary
+    kubetune train                             # in the trainer pod: the manifest at $KUBETUNE_CONFIG
+    kubetune validate examples/smollm2-local.yaml  # check the spec and the data, load no weights
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from kubetune_api.job import SpecError, load_manifest
+from kubetune_api.results import DEFAULT_CONFIG_PATH, TERMINATION_LOG, Env, ExitCode, TrainerResult
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune", description="LoRA/QLoRA fine-tuning of open LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a FineTuneJob manifest on this machine")
+    run.add_argument("manifest", help="path of a FineTuneJob YAML file")
+    run.add_argument("--json", action="store_true", help="also print progress events as JSON lines on stdout")
+    train = sub.add_parser("train", help="run the job in a trainer pod (reads $KUBETUNE_CONFIG)")
+    train.add_argument("--config", default=None, help=f"manifest path (default ${Env.CONFIG} or {DEFAULT_CONFIG_PATH})")
+    check = sub.add_parser("validate", help="check a manifest and its data without loading weights")
+    check.add_argument("manifest")
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    if args.command == "run":
+        return _run_local(Path(args.manifest), args.json)
+    if args.command == "validate":
+        return _validate(Path(args.manifest))
+    return _train(args.config or os.environ.get(Env.CONFIG) or DEFAULT_CONFIG_PATH)
+
+
+def _load(path: Path, termination: str | None):
+    from .runner import write_termination
+
+    try:
+        return load_manifest(path)
+    except (SpecError, OSError) as err:
+        message = str(err) if isinstance(err, SpecError) else f"cannot read the manifest {path}: {err}"
+        print(f"kubetune: {message}", file=sys.stderr)
+        write_termination(termination, TrainerResult(ok=False, reason=ExitCode.INVALID_CONFIG.reason, message=message))
+        return None
+
+
+def _train(config: str) -> int:
+    from .progress import HttpSink, JsonLinesSink, ProgressReporter
+    from .runner import run_job, write_termination
+
+    termination = os.environ.get(Env.TERMINATION_LOG) or TERMINATION_LOG
+    job = _load(Path(config), termination)
+    if job is None:
+        return ExitCode.INVALID_CONFIG
+    sinks = [JsonLinesSink(sys.stdout)]
+    if os.environ.get(Env.PROGRESS_URL):
+        sinks.append(HttpSink(os.environ[Env.PROGRESS_URL], os.environ.get(Env.PROGRESS_TOKEN, ""),
+                              job.metadata.namespace, job.metadata.name))
+    print(f"kubetune: {job.metadata.namespace}/{job.metadata.name} attempt {os.environ.get(Env.ATTEMPT, '1')}, "
+          f"spec hash {job.spec_hash}", file=sys.stderr)
+    code, result = run_job(job, reporter=ProgressReporter(sinks), work_dir=os.environ.get(Env.WORK_DIR))
+    write_termination(termination, result)
+    return int(code)
+
+
+def _run_local(path: Path, json_lines: bool) -> int:
+    from .progress import JsonLinesSink, ProgressReporter, TqdmSink
+    from .report import console_table
+    from .runner import run_job, write_termination
+
+    termination = os.environ.get(Env.TERMINATION_LOG)
+    job = _load(path, termination)
+    if job is None:
+        return ExitCode.INVALID_CONFIG
+    sinks = [TqdmSink()] + ([JsonLinesSink(sys.stdout)] if json_lines else [])
+    print(f"kubetune: running {path} ({job.spec.model.uri}, {job.spec.method.type}) -> spec hash {job.spec_hash}",
+          file=sys.stderr)
+    code, result = run_job(job, manifest_dir=path.resolve().parent, reporter=ProgressReporter(sinks),
+                           work_dir=os.environ.get(Env.WORK_DIR))
+    write_termination(termination, result)
+    if not result.ok:
+        print(f"\nFAILED ({result.reason}): {result.message}", file=sys.stderr)
+        return int(code)
+    print(f"\n{result.message}\n")
+    print(console_table(result.base_metrics, result.metrics))
+    if result.gate_message:
+        print(f"\n{'PASSED' if result.gate_passed else 'FAILED'}: {result.gate_message}")
+    print(f"\nreport:  {result.artifacts.get('report')}\nadapter: {result.artifacts.get('adapter')}")
+    return int(code)
+
+
+def _validate(path: Path) -> int:
+    from .errors import TrainerError
+    from .recipe import LoRARecipe
+
+    job = _load(path, None)
+    if job is None:
+        return ExitCode.INVALID_CONFIG
+    try:
+        recipe = LoRARecipe(job, manifest_dir=path.resolve().parent, work_dir=os.environ.get(Env.WORK_DIR))
+        recipe._setup_data()
+    except TrainerError as err:
+        print(f"kubetune: {err.code.reason}: {err.message}", file=sys.stderr)
+        return int(err.code)
+    r = recipe.data_report
+    print(f"{path}: valid; {r.rows} rows ({r.schema}), {r.duplicates} duplicates, {r.train} train / {r.eval} eval")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

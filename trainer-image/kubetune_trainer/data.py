@@ -1,0 +1,223 @@
+"""Instruction data: read files, map columns, validate every record, drop duplicates, split.
+
+Nothing here needs a tokenizer or weights, so a bad file fails in seconds. Each problem names the file,
+the 1-based row and the field, and what was expected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubetune_api.spec import SCHEMA_FIELDS
+
+from .errors import DataError
+
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One validated record: the conversation before the answer, and the answer the model should learn.
+
+    `fields` keeps the schema fields (instruction, input, output / prompt, completion) for custom templates.
+    """
+
+    messages: tuple[tuple[str, str], ...]  # (role, content) before the answer; the last one is the user's
+    response: str
+    fields: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def field_map(self) -> dict[str, str]:
+        return dict(self.fields)
+
+    @property
+    def user_text(self) -> str:
+        return next((c for r, c in reversed(self.messages) if r == "user"), "")
+
+
+@dataclass
+class DataReport:
+    """What the data looked like: counts per file, duplicates dropped, and the split."""
+
+    files: list[dict] = field(default_factory=list)
+    rows: int = 0
+    duplicates: int = 0
+    train: int = 0
+    eval: int = 0
+    schema: str = ""
+
+
+def detect_format(path: str, declared: str) -> str:
+    if declared != "auto":
+        return declared
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DataError(f"{path}: cannot tell the format from the extension {suffix or '(none)'}; set "
+                        f"dataset.format to one of jsonl, json, csv, parquet")
+    return FORMATS[suffix]
+
+
+def read_rows(path: Path, fmt: str, name: str) -> list[tuple[int, object]]:
+    """(1-based row, record) pairs; for JSONL the row is the line number."""
+    if fmt == "jsonl":
+        rows, problems = [], []
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as err:
+                    problems.append(f"{name}: row {number}: not valid JSON ({err.msg} at column {err.colno})")
+        if problems:
+            raise DataError(f"{name} is not valid JSON Lines (one JSON object per line)", problems)
+        return rows
+    if fmt == "json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise DataError(f"{name}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+                            "expected an array of records") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise DataError(f"{name}: expected a JSON array of records, got {type(data).__name__}")
+        return list(enumerate(data, start=1))
+    if fmt == "csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(enumerate(csv.DictReader(f), start=1))
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
+            raise DataError(f"{name}: not a readable Parquet file ({err})") from None
+        return list(enumerate(table.to_pylist(), start=1))
+    raise DataError(f"{name}: unsupported format {fmt!r}; accepted: jsonl, json, csv, parquet")
+
+
+def detect_schema(record: object, declared: str, mapping: dict[str, str], name: str) -> str:
+    if declared != "auto":
+        return declared
+    if isinstance(record, dict):
+        for schema in ("messages", "alpaca", "promptCompletion"):
+            required = [f for f in SCHEMA_FIELDS[schema] if f != "input"]
+            if all(mapping.get(f, f) in record for f in required):
+                return schema
+    columns = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
+    raise DataError(f"{name}: cannot detect the schema from the columns ({columns}); expected "
+                    "instruction+output (alpaca), prompt+completion (promptCompletion) or messages; "
+                    "set dataset.schema and dataset.columnMapping")
+
+
+def to_example(record: object, schema: str, mapping: dict[str, str], where: str) -> tuple[Example | None, list[str]]:
+    """Validate one record; returns the example or the problems found in it."""
+    if not isinstance(record, dict):
+        return None, [f"{where}: expected an object with named fields, got {type(record).__name__}"]
+
+    def text(fld: str, required: bool = True) -> str | None:
+        column = mapping.get(fld, fld)
+        value = record.get(column)
+        label = f"field {column!r}" + (f" (schema field {fld})" if column != fld else "")
+        if value is None or (isinstance(value, str) and not value.strip() and required):
+            if required:
+                problems.append(f"{where}: {label} is missing or empty; expected a non-empty string")
+            return "" if not required else None
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            problems.append(f"{where}: {label} is a {type(value).__name__}; expected a string")
+            return None
+        return str(value)
+
+    problems: list[str] = []
+    if schema == "messages":
+        return _messages_example(record.get(mapping.get("messages", "messages")), where, mapping)
+    if schema == "alpaca":
+        instruction, extra, output = text("instruction"), text("input", required=False), text("output")
+        if problems:
+            return None, problems
+        user = instruction + (f"\n\n{extra}" if extra else "")
+        fields = (("instruction", instruction), ("input", extra or ""), ("output", output))
+        return Example(messages=(("user", user),), response=output, fields=fields), []
+    prompt, completion = text("prompt"), text("completion")
+    if problems:
+        return None, problems
+    fields = (("prompt", prompt), ("completion", completion))
+    return Example(messages=(("user", prompt),), response=completion, fields=fields), []
+
+
+def _messages_example(value: object, where: str, mapping: dict[str, str]) -> tuple[Example | None, list[str]]:
+    column = mapping.get("messages", "messages")
+    if isinstance(value, str):
+        with contextlib.suppress(json.JSONDecodeError):
+            value = json.loads(value)
+    if not isinstance(value, list) or not value:
+        return None, [f"{where}: field {column!r} must be a non-empty list of {{role, content}} messages"]
+    turns, problems = [], []
+    for i, msg in enumerate(value, start=1):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
+            problems.append(f"{where}: field {column!r} message {i} must have role ({', '.join(ROLES)}) and "
+                            "string content")
+        else:
+            turns.append((msg["role"], msg["content"]))
+    if problems:
+        return None, problems
+    if turns[-1][0] != "assistant" or not turns[-1][1].strip():
+        return None, [f"{where}: field {column!r}: the last message must be a non-empty assistant answer"]
+    if not any(role == "user" for role, _ in turns[:-1]):
+        return None, [f"{where}: field {column!r}: expected a user message before the assistant answer"]
+    return Example(messages=tuple(turns[:-1]), response=turns[-1][1]), []
+
+
+def load_examples(files: list[tuple[Path, str]], spec, report: DataReport) -> list[Example]:
+    """Read and validate every file (local path, display name); all problems are reported together."""
+    examples, problems = [], []
+    schema = None
+    for path, name in files:
+        fmt = detect_format(name, spec.format)
+        rows = read_rows(path, fmt, name)
+        if rows and schema is None:
+            schema = detect_schema(rows[0][1], spec.data_schema, spec.column_mapping, name)
+        kept = 0
+        for number, record in rows:
+            example, found = to_example(record, schema or "alpaca", spec.column_mapping, f"{name}: row {number}")
+            problems += found
+            if example is not None:
+                examples.append(example)
+                kept += 1
+        report.files.append({"uri": name, "format": fmt, "rows": len(rows)})
+        report.rows += len(rows)
+    if problems:
+        raise DataError(f"{len(problems)} invalid record(s) in the dataset", problems)
+    if not examples:
+        raise DataError("the dataset has no records: " + ", ".join(n for _, n in files))
+    report.schema = schema or ""
+    return examples
+
+
+def deduplicate(examples: list[Example]) -> tuple[list[Example], int]:
+    """Exact duplicates removed, first occurrence kept; returns the rest and how many were dropped."""
+    seen, kept = set(), []
+    for example in examples:
+        if example not in seen:
+            seen.add(example)
+            kept.append(example)
+    return kept, len(examples) - len(kept)
+
+
+def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Deterministic train/eval split: the same data, fraction and seed give the same split."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(fraction * len(examples)))
+    if n_eval >= len(examples):
+        raise DataError(f"{len(examples)} record(s) are too few to hold out {fraction:.0%} for evaluation; "
+                        "add data or set dataset.eval")
+    held = set(order[:n_eval])
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])

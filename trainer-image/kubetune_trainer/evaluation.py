@@ -1,0 +1,67 @@
+"""Running a model over held-out examples: eval loss (teacher forcing) and batched greedy generation."""
+
+from __future__ import annotations
+
+import contextlib
+
+from .batching import chunks, pad_batch
+from .data import Example
+from .prompting import Encoded, PromptFormatter
+
+
+def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, device: str) -> float:
+    """Mean cross-entropy per answer token over the examples."""
+    import torch
+
+    total, tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        for group in chunks(encoded, batch_size):
+            batch = pad_batch([e.input_ids for e in group], pad_id, [e.labels for e in group])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(
+                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
+                ignore_index=-100, reduction="sum")
+            total += loss.item()
+            tokens += int((shift_labels != -100).sum())
+    return total / max(tokens, 1)
+
+
+def generate(model, formatter: PromptFormatter, examples: list[Example], generation, batch_size: int,
+             device: str, on_batch=None) -> list[str]:
+    """Decoded answers for `examples`: greedy when temperature is 0, prompts left-padded."""
+    import torch
+
+    tokenizer = formatter.tokenizer
+    stop = {tokenizer.eos_token_id, *(_as_list(getattr(model.generation_config, "eos_token_id", None)))}
+    stop.discard(None)
+    sampling = generation.temperature > 0
+    outputs: list[str] = []
+    model.eval()
+    for group in chunks(examples, batch_size):
+        batch = pad_batch([formatter.prompt_ids(e) for e in group], tokenizer.pad_token_id, left=True)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.no_grad():
+            out = model.generate(
+                **batch, max_new_tokens=generation.max_new_tokens, do_sample=sampling,
+                temperature=generation.temperature if sampling else None, top_p=None, top_k=None,
+                eos_token_id=sorted(stop), pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        outputs += [t.strip() for t in texts]
+        if on_batch:
+            on_batch(len(outputs))
+    return outputs
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def base_model_context(model):
+    """A context in which the PEFT model behaves as its base model (adapter off)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if disable is not None else contextlib.nullcontext()

@@ -1,0 +1,139 @@
+"""Base models: where the weights come from, how they load (full precision or 4-bit), and the adapter."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .bundled import bundled_model, cache_root
+from .errors import ConfigError, NotFound, Transient
+from .storage import Storage
+
+
+def fetch_model(spec, storage: Storage) -> Path:
+    """A local Hugging Face folder for `model.uri` (downloaded or converted into the cache when needed)."""
+    uri = spec.uri
+    if uri.startswith("bundled://"):
+        return bundled_model(uri)
+    if uri.startswith("hf://"):
+        return _fetch_hub(spec)
+    where = storage.resolve(uri)
+    if where.startswith("s3://"):
+        bucket_key = where.removeprefix("s3://").rstrip("/")
+        path = storage.fetch_tree(where.rstrip("/") + "/", cache_root() / "s3" / bucket_key)
+    else:
+        path = Path(where)
+    if not (path / "config.json").exists():
+        raise NotFound(f"model uri {uri!r}: no config.json in {path}; expected a Hugging Face model folder "
+                       "(config.json, *.safetensors, tokenizer files)")
+    return path
+
+
+def _fetch_hub(spec) -> Path:
+    from huggingface_hub import snapshot_download
+
+    repo = spec.uri.removeprefix("hf://")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urlparse(endpoint)
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=5).close()
+    except OSError as err:
+        raise Transient(f"model uri {spec.uri!r}: the Hugging Face hub ({endpoint}) is unreachable from here "
+                        f"({err}); copy the model to S3 or a local folder and point model.uri there") from None
+    try:
+        return Path(snapshot_download(repo, revision=spec.revision, token=os.environ.get("HF_TOKEN") or None,
+                                      cache_dir=str(cache_root() / "hf")))
+    except Exception as err:  # noqa: BLE001 - the hub client raises many types; name the repo either way
+        raise NotFound(f"model uri {spec.uri!r}: download failed: {err}") from None
+
+
+def load_tokenizer(path: Path, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def device_and_dtype(precision: str):
+    """(device, torch dtype of the weights); auto means bf16 on GPUs that support it, fp32 on CPU."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and device == "cpu":
+        raise ConfigError("training.precision fp16 needs a GPU; use fp32, bf16 or auto on CPU")
+    return device, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def load_model(path: Path, method, device: str, dtype, trust_remote_code: bool = False):
+    """The base model on `device`: full precision for LoRA, 4-bit bitsandbytes for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if method.type == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        q = method.quantization
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
+            bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        )
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if method.type != "qlora":
+        model.to(device)
+    fix_bnb_cpu(model)
+    return model
+
+
+def fix_bnb_cpu(model) -> int:
+    """bitsandbytes on CPUs with AVX512-BF16 repacks 4-bit weights during an eval-mode forward, after which
+    backward passes are silently wrong; turning the repack off on every Linear4bit prevents it."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def attach_adapter(model, method, gradient_checkpointing: bool):
+    """Wrap the base in a PEFT LoRA model; only the adapter's weights are trainable."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method.type == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    lora = method.lora
+    targets = "all-linear" if lora.target_modules == ["all-linear"] else lora.target_modules
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                        task_type="CAUSAL_LM", bias="none")
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as err:
+        raise ConfigError(f"method.lora.targetModules {lora.target_modules}: {err}") from None
+    fix_bnb_cpu(peft_model)
+    return peft_model
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": sys.version.split()[0]}
+    for name in ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "boto3"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found

@@ -1,0 +1,243 @@
+"""The LoRA/QLoRA fine-tuning recipe: `__init__` checks the config, `setup()` reads data, model and adapter,
+then `train()`, `evaluate()` and `save()`. `runner.run_job` drives it and turns failures into exit codes."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from kubetune_api.job import FineTuneJob
+from kubetune_api.results import TrainerResult
+
+from . import data as datamod
+from .artifacts import write_artifacts
+from .batching import Schedule, pad_batch
+from .checkpoints import Checkpoints
+from .errors import ConfigError
+from .evaluation import base_model_context, generate, mean_loss
+from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
+from .models import attach_adapter, device_and_dtype, fetch_model, load_model, load_tokenizer
+from .progress import ProgressReporter
+from .prompting import PromptFormatter, compile_custom, length_stats
+from .storage import ArtifactStore, Storage
+
+
+class LoRARecipe:
+    """One fine-tuning run of a FineTuneJob, writing only below the job's artefact root."""
+
+    def __init__(self, job: FineTuneJob, *, manifest_dir: Path | None = None,
+                 reporter: ProgressReporter | None = None, work_dir: str | None = None):
+        self.job, self.spec = job, job.spec
+        self.reporter = reporter or ProgressReporter()
+        if self.spec.training.packing:
+            raise ConfigError("training.packing is not supported by this trainer version yet; set it to false")
+        if self.spec.dataset.template == "custom":
+            compile_custom(self.spec.dataset.custom_template)
+        self.device, self.dtype = device_and_dtype(self.spec.training.precision)
+        if self.spec.method.type == "qlora":
+            _require_bitsandbytes()
+        self.storage = Storage(self.spec.storage.s3, manifest_dir)
+        self.store = ArtifactStore(job.artifact_root(), self.storage)
+        self.work = Path(tempfile.mkdtemp(prefix="kubetune-", dir=work_dir))
+        self.checkpoints = Checkpoints(self.store, self.spec.checkpoint.every_steps, self.spec.checkpoint.keep,
+                                       self.work / "checkpoints")
+        self.log: list[dict] = []
+        self.data_report = datamod.DataReport()
+        self.inputs: dict[str, list[dict]] = {}
+        self.results: dict = {}
+        self.resumed_from: int | None = None
+        self.train_seconds = 0.0
+
+    # ---- setup -------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        self.reporter.stage("loading")
+        self._setup_data()
+        self._setup_model()
+        self._setup_adapter()
+
+    def _read(self, role: str, uri: str) -> list[datamod.Example]:
+        files, infos = [], []
+        for i, info in enumerate(self.storage.list_files(uri)):
+            local, info = self.storage.fetch(info, self.work / "data" / role / f"{i}-{Path(info.uri).name}")
+            files.append((local, info.uri))
+            infos.append({k: v for k, v in vars(info).items() if v is not None})
+        report = datamod.DataReport()
+        examples = datamod.load_examples(files, self.spec.dataset, report)
+        for entry, counted in zip(infos, report.files, strict=True):
+            entry["rows"], entry["format"] = counted["rows"], counted["format"]
+        self.inputs[role] = infos
+        if role == "train":
+            self.data_report.schema = report.schema
+        self.data_report.rows += report.rows
+        self.data_report.files += [{**f, "role": role} for f in report.files]
+        return examples
+
+    def _setup_data(self) -> None:
+        """Read and validate every record before any weights load."""
+        ds = self.spec.dataset
+        train, dropped = datamod.deduplicate(self._read("train", ds.train.uri))
+        if ds.eval is not None:
+            train_set, eval_set = train, datamod.deduplicate(self._read("eval", ds.eval.uri))[0]
+        else:
+            train_set, eval_set = datamod.split(train, ds.eval_split, self.spec.training.seed)
+        self.regression = []
+        if self.spec.evaluation.regression is not None:
+            self.regression = self._read("regression", self.spec.evaluation.regression.uri)
+        self.train_set, self.eval_set = train_set, eval_set
+        self.data_report.duplicates = dropped
+        self.data_report.train, self.data_report.eval = len(train_set), len(eval_set)
+
+    def _setup_model(self) -> None:
+        spec = self.spec
+        self.model_path = fetch_model(spec.model, self.storage)
+        self.tokenizer = load_tokenizer(self.model_path, spec.model.trust_remote_code)
+        self.formatter = PromptFormatter(self.tokenizer, spec.dataset)
+        self.train_encoded = [self.formatter.encode(e) for e in self.train_set]
+        self.eval_encoded = [self.formatter.encode(e) for e in self.eval_set]
+        self.token_stats = length_stats(self.train_encoded + self.eval_encoded)
+        self.model = load_model(self.model_path, spec.method, self.device, self.dtype, spec.model.trust_remote_code)
+
+    def _setup_adapter(self) -> None:
+        import torch
+        from transformers import get_scheduler, set_seed
+
+        t = self.spec.training
+        set_seed(t.seed)
+        self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        self.schedule = Schedule(len(self.train_encoded), t.batch_size, t.gradient_accumulation, t.seed,
+                                 epochs=t.epochs, max_steps=t.max_steps)
+        total = self.schedule.total_steps
+        self.scheduler = get_scheduler(t.scheduler, self.optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
+                                       num_training_steps=total)
+        self.scaler = torch.amp.GradScaler(self.device, enabled=self.dtype == torch.float16)
+
+    # ---- train -------------------------------------------------------------------------------------
+    def train(self) -> None:
+        start = self._resume()
+        total = self.schedule.total_steps
+        self.reporter.start_training(start, total)
+        self.model.train()
+        began = time.monotonic()
+        for step in self.schedule.steps(start):
+            loss = self._train_step(step.micro_batches)
+            lr = self.scheduler.get_last_lr()[0]
+            self.log.append({"event": "step", "step": step.number, "epoch": round(step.epoch, 4),
+                             "loss": round(loss, 6), "learningRate": lr, "time": round(time.time(), 3)})
+            self.reporter.step(step.number, step.epoch, loss, lr)
+            if self.checkpoints.due(step.number, total):
+                self.checkpoints.save(step.number, self.model, self.optimizer, self.scheduler,
+                                      {"log": self.log, "trainSeconds": self.train_seconds + time.monotonic() - began})
+        self.train_seconds += time.monotonic() - began
+
+    def _resume(self) -> int:
+        step = self.checkpoints.latest()
+        if step is None:
+            return 0
+        state = self.checkpoints.load(step, self.model, self.optimizer, self.scheduler)
+        self.log = [e for e in state.get("log", []) if e.get("step", 0) <= step]
+        self.train_seconds = state.get("trainSeconds", 0.0)
+        self.log.append({"event": "resume", "step": step, "time": round(time.time(), 3)})
+        self.resumed_from = step
+        return step
+
+    def _train_step(self, micro_batches: list[list[int]]) -> float:
+        """One optimizer step; the loss is the mean over every answer token of its micro-batches."""
+        import torch
+
+        examples = [[self.train_encoded[i] for i in mb] for mb in micro_batches]
+        counts = [sum(sum(t != -100 for t in e.labels[1:]) for e in group) for group in examples]
+        total_tokens = max(sum(counts), 1)
+        step_loss = 0.0
+        for group, count in zip(examples, counts, strict=True):
+            batch = pad_batch([e.input_ids for e in group], self.tokenizer.pad_token_id, [e.labels for e in group])
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                loss = self.model(**batch).loss
+            weight = count / total_tokens
+            self.scaler.scale(loss * weight).backward()
+            step_loss += loss.item() * weight
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                       self.spec.training.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss
+
+    # ---- evaluate ----------------------------------------------------------------------------------
+    def evaluate(self) -> dict:
+        self.reporter.stage("evaluating")
+        ev = self.spec.evaluation
+        batch = min(32, max(8, self.spec.training.batch_size * 2))
+        tuned = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
+                                      self.device), ev.metrics)
+        self.log.append({"event": "eval", "step": self.schedule.total_steps, **tuned})
+        samples = self.eval_set[: ev.max_samples]
+        refs = [e.response for e in samples]
+        tuned_out = self._generate(samples, batch)
+        tuned.update(generation_scores(tuned_out, refs, ev.metrics))
+        base, base_out = {}, [None] * len(samples)
+        if ev.compare_base:
+            with base_model_context(self.model):
+                base = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
+                                             self.device), ev.metrics)
+                base_out = self._generate(samples, batch)
+            base.update(generation_scores(base_out, refs, ev.metrics))
+        self.predictions = [{"prompt": e.user_text, "reference": e.response, "base": b, "tuned": t}
+                            for e, b, t in zip(samples, base_out, tuned_out, strict=True)]
+        self.results = {"tuned": tuned, "base": base, **self._verdicts(tuned, batch)}
+        return self.results
+
+    def _generate(self, examples: list, batch: int) -> list[str]:
+        return generate(self.model, self.formatter, examples, self.spec.evaluation.generation, batch, self.device)
+
+    def _verdicts(self, tuned: dict, batch: int) -> dict:
+        ev = self.spec.evaluation
+        out: dict = {"gate": None, "regression": None}
+        if ev.gate is not None:
+            ok, message = gate_verdict(ev.gate, tuned)
+            out["gate"] = {"passed": ok, "message": message}
+        if ev.regression is not None:
+            refs = [e.response for e in self.regression]
+            wanted = [ev.regression.metric]
+            tuned_reg = generation_scores(self._generate(self.regression, batch), refs, wanted)
+            with base_model_context(self.model):
+                base_reg = generation_scores(self._generate(self.regression, batch), refs, wanted)
+            ok, message = regression_verdict(ev.regression, base_reg, tuned_reg)
+            out["regression"] = {"passed": ok, "message": message, "base": base_reg, "tuned": tuned_reg}
+        checks = [v for v in out.values() if v is not None]
+        out["gatePassed"] = all(c["passed"] for c in checks) if checks else None
+        out["gateMessage"] = "; ".join(c["message"] for c in checks) or None
+        return out
+
+    # ---- save --------------------------------------------------------------------------------------
+    def save(self) -> TrainerResult:
+        self.reporter.stage("saving")
+        artifacts = write_artifacts(self)
+        r = self.results
+        return TrainerResult(
+            ok=True, reason="Completed", message=summary(r), spec_hash=self.job.spec_hash,
+            metrics=r["tuned"], base_metrics=r["base"], gate_passed=r["gatePassed"],
+            gate_message=r["gateMessage"], artifacts=artifacts,
+        )
+
+
+def summary(results: dict) -> str:
+    tuned, base = results.get("tuned", {}), results.get("base", {})
+    key = next((m for m in ("exactMatch", "rougeL", "evalLoss") if m in tuned), None)
+    if key is None:
+        return "training complete"
+    text = f"training complete: {key} {tuned[key]:g}"
+    return text + (f" (base {base[key]:g})" if key in base else "")
+
+
+def _require_bitsandbytes() -> None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"method.type qlora needs bitsandbytes, which cannot be loaded here: {err}") from None
