@@ -96,10 +96,12 @@ def test_failures_are_typed_name_the_culprit_and_leave_no_success(s3, bucket, ca
         "missing-model": (ExitCode.NOT_FOUND, f"s3://{BUCKET}/models/absent/ does not exist"),
         "bad-data": (ExitCode.DATA_INVALID,
                      f"s3://{BUCKET}/data/bad.jsonl: row 2: field 'output' is missing or empty"),
-        "wrong-credentials": (ExitCode.ACCESS_DENIED, "SignatureDoesNotMatch"),
+        "wrong-credentials": (ExitCode.ACCESS_DENIED, f"S3 denied access to s3://{BUCKET}/runs/"),
     }[case]
     assert code == expected[0] and not result.ok and result.reason == expected[0].reason
     assert expected[1] in result.message
+    if case == "wrong-credentials":
+        assert "AWS_SECRET_ACCESS_KEY" in result.message and "not-the-secret" not in result.message
     prefix = job.artifact_root().removeprefix(f"s3://{BUCKET}/")
     assert "_SUCCESS" not in keys(s3, prefix)
     assert s3.client().get_object(Bucket=BUCKET, Key="outside/sentinel.txt")["Body"].read() == b"do not touch"
@@ -108,8 +110,9 @@ def test_failures_are_typed_name_the_culprit_and_leave_no_success(s3, bucket, ca
 def test_termination_message_stays_under_4_kib_with_thousands_of_bad_rows(tmp_path, tiny_model):
     rows = [json.dumps({"instruction": f"question {i} " + "x" * 200}) for i in range(2000)]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
-    config = write_manifest(tmp_path / "job.yaml", manifest(tiny_spec(str(tiny_model), str(train),
-                                                                      str(tmp_path / "out"))))
+    spec = tiny_spec(str(tiny_model), str(train), str(tmp_path / "out"))
+    spec["dataset"]["schema"] = "alpaca"
+    config = write_manifest(tmp_path / "job.yaml", manifest(spec))
     proc = run_cli(["train"], env={"KUBETUNE_CONFIG": str(config), "KUBETUNE_TERMINATION_LOG": str(tmp_path / "t")})
     assert proc.returncode == ExitCode.DATA_INVALID
     text = (tmp_path / "t").read_text()

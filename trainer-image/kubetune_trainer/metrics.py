@@ -1,7 +1,9 @@
 """Scoring generations against references, and the gate and regression verdicts. Pure functions.
 
 ROUGE-1/2/L are rouge-score F-measures (0-1), exact match is the fraction equal after collapsing
-whitespace (0-1), BLEU and chrF are sacrebleu corpus scores on sacrebleu's usual 0-100 scale.
+whitespace (0-1), BLEU and chrF are sacrebleu corpus scores on sacrebleu's usual 0-100 scale. BLEU uses
+effective order, so short answers without 4-grams (codes, labels) still score; for longer text it is the
+standard corpus BLEU.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def generation_scores(predictions: list[str], references: list[str], wanted: lis
         import sacrebleu
 
         if "bleu" in wanted:
-            scores["bleu"] = round(sacrebleu.corpus_bleu(predictions, [references]).score, 2)
+            bleu = sacrebleu.BLEU(effective_order=True)
+            scores["bleu"] = round(bleu.corpus_score(predictions, [references]).score, 2)
         if "chrf" in wanted:
             scores["chrf"] = round(sacrebleu.corpus_chrf(predictions, [references]).score, 2)
     return scores

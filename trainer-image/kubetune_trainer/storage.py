@@ -59,11 +59,12 @@ def s3_errors(uri: str, endpoint: str | None) -> Iterator[None]:
 
 
 def _typed(uri: str, code: str, where: str, detail: str):
+    shown = f"HTTP {code}" if code.isdigit() else code
     if code in DENIED_CODES:
-        return AccessDenied(f"S3 denied access to {uri} ({code}) at {where}: check AWS_ACCESS_KEY_ID / "
+        return AccessDenied(f"S3 denied access to {uri} ({shown}) at {where}: check AWS_ACCESS_KEY_ID / "
                             "AWS_SECRET_ACCESS_KEY (storage.s3.secretRef) and the bucket policy")
     if code in MISSING_CODES:
-        return NotFound(f"{uri} does not exist ({code}) at {where}")
+        return NotFound(f"{uri} does not exist ({shown}) at {where}")
     if code.startswith("5") or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
         return Transient(f"S3 at {where} failed for {uri}: {detail}")
     return AccessDenied(f"S3 refused {uri} at {where}: {detail}")
@@ -92,7 +93,8 @@ class Storage:
             from botocore.config import Config
 
             spec = self.s3_spec
-            self._client = boto3.client(
+            # A fresh session reads the credentials from the environment now (the default one caches them).
+            self._client = boto3.session.Session().client(
                 "s3", endpoint_url=spec.endpoint, region_name=spec.region,
                 config=Config(s3={"addressing_style": spec.addressing_style},
                               retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10),
