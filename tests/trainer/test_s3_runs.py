@@ -10,7 +10,7 @@ from kubetune_api.job import parse_job
 from kubetune_api.results import ExitCode, ProgressEvent, TrainerResult
 from kubetune_trainer.runner import run_job
 
-from .conftest import manifest, run_cli, sku_rows, tiny_spec, write_jsonl, write_manifest
+from .conftest import REPO, manifest, run_cli, sku_rows, tiny_spec, write_jsonl, write_manifest
 
 BUCKET = "kt-trainer-tests"
 
@@ -120,3 +120,25 @@ def test_termination_message_stays_under_4_kib_with_thousands_of_bad_rows(tmp_pa
     result = TrainerResult.from_termination_message(text)
     assert result.reason == "DataInvalid" and "row 1: field 'output' is missing" in result.message
     assert "2000 invalid record(s)" in proc.stderr
+
+
+def test_tiny_s3_example_trains_against_a_real_s3_server(s3, tiny_model, tmp_path, cache_dir):
+    """examples/tiny-s3.yaml, as the operator's end-to-end tests use it, with the endpoint rewritten."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "examples" / "tiny-s3.yaml").read_text())
+    doc["spec"]["storage"]["s3"]["endpoint"] = s3.endpoint
+    bucket = s3.make_bucket("kubetune-e2e")
+    s3.upload_dir(tiny_model, bucket, "models/tiny-llama")
+    s3.upload_dir(REPO / "examples" / "data" / "nordvik-sku", bucket, "data/nordvik-sku")
+    config = write_manifest(tmp_path / "tiny-s3.yaml", doc)
+    proc = run_cli(["train"], env=pod_env(s3, tmp_path, config, cache_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = TrainerResult.from_termination_message((tmp_path / "term").read_text())
+    assert result.ok and result.artifacts["root"].startswith("s3://kubetune-e2e/runs/default/tiny-s3/")
+    assert "_SUCCESS" in keys_in(s3, bucket, result.artifacts["root"].removeprefix(f"s3://{bucket}/"))
+
+
+def keys_in(s3, bucket: str, prefix: str) -> set[str]:
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"].removeprefix(prefix) for page in pages for o in page.get("Contents", [])}

@@ -1,0 +1,49 @@
+"""`kubetune run` on a laptop: relative paths, CSV data, the Alpaca template, merged weights, gate and
+regression verdicts, and the summary a user reads at the end."""
+
+from __future__ import annotations
+
+import json
+
+from kubetune_api.job import load_manifest
+
+from .conftest import PRODUCTS, manifest, run_cli, tiny_spec, write_jsonl, write_manifest
+
+
+def test_local_run_resolves_paths_against_the_manifest_and_prints_the_summary(tmp_path, tiny_alpaca_model):
+    jobs = tmp_path / "jobs"
+    rows = [f"SKU for a {c} {p}?,NV-{code}-{c[:2].upper()}" for p, code in PRODUCTS.items()
+            for c in ("red", "blue", "green", "black")]
+    (jobs / "data").mkdir(parents=True)
+    (jobs / "data" / "sku.csv").write_text("question,answer\n" + "\n".join(rows) + "\n")
+    write_jsonl(jobs / "data" / "general.jsonl", [{"question": "Capital of France?", "answer": "Paris"}])
+    spec = tiny_spec(f"file://{tiny_alpaca_model}", "./data/sku.csv", "./out",
+                     dataset={"schema": "alpaca", "columnMapping": {"instruction": "question", "output": "answer"}},
+                     evaluation={"gate": {"metric": "evalLoss", "max": 1000.0},
+                                 "regression": {"uri": "./data/general.jsonl", "metric": "chrf", "maxDrop": 1.0}})
+    spec["output"]["mergeAdapter"] = True
+    path = write_manifest(jobs / "job.yaml", manifest(spec, name="local"))
+    proc = run_cli(["run", str(path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = jobs / "out" / "default" / "local" / load_manifest(path).spec_hash
+    assert "metric" in proc.stdout and "exactMatch" in proc.stdout and "base" in proc.stdout
+    assert f"report:  {root}/report.html" in proc.stdout
+    assert "PASSED: gate evalLoss" in proc.stdout and "regression chrf" in proc.stdout
+    metrics = json.loads((root / "metrics.json").read_text())
+    assert metrics["gatePassed"] is True and metrics["regression"]["passed"] is True
+    assert metrics["data"]["schema"] == "alpaca" and metrics["data"]["train"] + metrics["data"]["eval"] == 16
+    config = json.loads((root / "config.json").read_text())
+    assert config["resolved"]["template"] == "alpaca" and config["versions"]["torch"]
+    assert config["spec"]["training"]["scheduler"] == "cosine", "the resolved spec carries the defaults"
+    assert (root / "merged" / "config.json").exists() and list((root / "merged").glob("*.safetensors"))
+    assert 'src="loss-curve.png"' in (root / "report.html").read_text() and (root / "loss-curve.png").stat().st_size
+    predictions = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]
+    assert predictions and set(predictions[0]) == {"prompt", "reference", "base", "tuned"}
+
+
+def test_invalid_manifest_names_the_field_and_exits_with_invalid_config(tmp_path):
+    spec = tiny_spec("./model", "./train.jsonl", "./out", training={"learningrate": 0.1})
+    path = write_manifest(tmp_path / "bad.yaml", manifest(spec))
+    proc = run_cli(["run", str(path)])
+    assert proc.returncode == 10
+    assert "spec.training.learningrate: unknown field" in proc.stderr and "learningRate" in proc.stderr
