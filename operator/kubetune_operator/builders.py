@@ -126,6 +126,9 @@ def _env(job: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
     spec = job.spec
     env: list[dict[str, Any]] = [
         {"name": Env.CONFIG, "value": DEFAULT_CONFIG_PATH},
+        # Said explicitly although it is the trainer's default: it must be the container's
+        # terminationMessagePath, and a runtime that relocates that path can then find it here too.
+        {"name": Env.TERMINATION_LOG, "value": TERMINATION_LOG},
         {"name": Env.ATTEMPT, "value": str(attempt)},
         {"name": Env.WORK_DIR, "value": WORK_DIR},
         {"name": Env.CACHE_DIR, "value": CACHE_DIR},

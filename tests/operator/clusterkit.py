@@ -4,6 +4,7 @@ agent scripts for trainer pods."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 JOBS = "/apis/kubetune.io/v1alpha1/namespaces/{ns}/finetunejobs"
@@ -21,11 +22,22 @@ def condition(job: dict | None, ctype: str) -> dict | None:
     return next((c for c in ((job or {}).get("status") or {}).get("conditions") or [] if c["type"] == ctype), None)
 
 
-def wait_condition(cluster, ns: str, name: str, ctype: str, status: str = "True",
-                   timeout: float = 60) -> dict:
-    """`kubectl wait --for=condition=...`, as a user would; returns the job."""
-    cluster.kubectl("wait", "-n", ns, f"--for=condition={ctype}={status}", f"--timeout={int(timeout)}s",
-                    f"finetunejob/{name}", timeout=timeout + 30)
+def wait_condition(cluster, ns: str, name: str, ctype: str, status: str = "True", timeout: float = 60) -> dict:
+    """Wait until the job's condition `ctype` has `status` (failing at once if the job fails instead), then
+    confirm with `kubectl wait --for=condition=...` as a user would; returns the job."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = get_job(cluster, ns, name)
+        got, failed = condition(job, ctype), condition(job, "Failed")
+        if got and got["status"] == status:
+            break
+        if ctype != "Failed" and failed and failed["status"] == "True":
+            raise AssertionError(f"{ns}/{name} failed while waiting for {ctype}={status}: "
+                                 f"{failed['reason']}: {failed['message']}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ns}/{name}: no {ctype}={status} after {timeout}s; status: {job.get('status')}")
+        time.sleep(0.25)
+    cluster.kubectl("wait", "-n", ns, f"--for=condition={ctype}={status}", "--timeout=10s", f"finetunejob/{name}")
     return get_job(cluster, ns, name)
 
 
