@@ -104,6 +104,8 @@ class _Planner:
             self.out.job = job
             self.valid(job)
         self.st.observed_generation = self.generation
+        # Every condition was re-evaluated against this generation, including those that did not change.
+        self.st.conditions = [c.model_copy(update={"observed_generation": self.generation}) for c in self.st.conditions]
         self.st.phase = derive_phase(self.st.conditions)
         self.st.message = headline(self.st.conditions)
         self.out.status = self.st.to_wire()

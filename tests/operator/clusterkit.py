@@ -29,9 +29,11 @@ def wait_condition(cluster, ns: str, name: str, ctype: str, status: str = "True"
     while True:
         job = get_job(cluster, ns, name)
         got, failed = condition(job, ctype), condition(job, "Failed")
-        if got and got["status"] == status:
-            break
-        if ctype != "Failed" and failed and failed["status"] == "True":
+        generation = (job or {}).get("metadata", {}).get("generation")
+        if got and got["status"] == status and got.get("observedGeneration") == generation:
+            break  # a verdict on the spec as it is now, not on an earlier version of it
+        current = failed and failed.get("observedGeneration") == generation
+        if ctype != "Failed" and current and failed["status"] == "True":
             raise AssertionError(f"{ns}/{name} failed while waiting for {ctype}={status}: "
                                  f"{failed['reason']}: {failed['message']}")
         if time.monotonic() > deadline:

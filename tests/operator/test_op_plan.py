@@ -287,6 +287,8 @@ def test_an_unchanged_finished_job_reapplied_never_retrains():
         for pods in (done, []):  # with its pod, or after the pod is gone
             p, after = reconcile(again, pods, now=500)
             assert p.create_attempt is None and p.delete == [] and after["status"]["phase"] == "Succeeded"
+            generation = again["metadata"]["generation"]
+            assert {c["observedGeneration"] for c in after["status"]["conditions"]} == {generation}
 
 
 def test_ttl_removes_the_children_and_keeps_the_status():
