@@ -169,8 +169,8 @@ def test_deleting_a_job_garbage_collects_its_children_not_its_artefacts(
 ):
     """Scenario 6."""
     ns = kube_namespace
-    bucket = s3_server.make_bucket("kubetune")  # the bucket test_op_training.py uses too
-    apply(kube_cluster, ns, "demo", spec(output={"uri": "s3://kubetune/gc-runs/"}))
+    bucket = s3_server.make_bucket("kubetune-e2e")  # the bucket test_op_training.py uses too
+    apply(kube_cluster, ns, "demo", spec(output={"uri": "s3://kubetune-e2e/gc-runs/"}))
     job = wait_condition(kube_cluster, ns, "demo", "Running")
     root = f"gc-runs/{ns}/demo/{job['status']['specHash']}/"
     s3_server.client().put_object(Bucket=bucket, Key=root + "checkpoints/step-10/adapter.safetensors", Body=b"w")

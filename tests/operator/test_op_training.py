@@ -15,7 +15,10 @@ from kubetune_api import parse_job
 
 pytestmark = [pytest.mark.k8s, pytest.mark.s3]
 
-BUCKET = "kubetune"
+BUCKET = "kubetune-e2e"  # the bucket examples/tiny-s3.yaml names
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "tiny-s3.yaml"
+PLACEHOLDER_ENDPOINT = "http://s3.invalid:8333"
 
 ROWS = [{"instruction": f"SKU for a {colour} {item}?", "input": "", "output": f"NV-{code}-{c}"}
         for item, code in (("tent", "KAV"), ("boots", "FJL"), ("backpack", "RYG"), ("lamp", "LYS"))
@@ -24,13 +27,14 @@ ROWS = [{"instruction": f"SKU for a {colour} {item}?", "input": "", "output": f"
 
 @pytest.fixture(scope="module")
 def tiny_s3(s3_server, tmp_path_factory):
-    """The tiny model and the data in S3. One bucket for everything: each SeaweedFS bucket is a collection
-    with volumes of its own, and the test server has few."""
+    """The tiny model and the example data in S3, where examples/tiny-s3.yaml expects them. One bucket for
+    everything: each SeaweedFS bucket is a collection with volumes of its own, and the test server has few."""
     from fixtures.tiny_model import make_tiny_model
 
     model = make_tiny_model(tmp_path_factory.mktemp("model") / "tiny-llama")
     s3_server.make_bucket(BUCKET)
     s3_server.upload_dir(model, BUCKET, "models/tiny-llama")
+    s3_server.upload_dir(ROOT / "examples" / "data" / "nordvik-sku", BUCKET, "data/nordvik-sku")
     body = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
     s3_server.client().put_object(Bucket=BUCKET, Key="data/sku/train.jsonl", Body=body)
     return s3_server
@@ -54,9 +58,9 @@ def manifest(name: str, s3, **training) -> dict:
     }
 
 
-def s3_secret(cluster, ns: str, s3) -> None:
+def s3_secret(cluster, ns: str, s3, name: str = "s3") -> None:
     cluster.request("POST", f"/api/v1/namespaces/{ns}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"},
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
         "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}})
 
 
@@ -68,24 +72,28 @@ def keys(s3, uri: str) -> list[str]:
 
 def test_kubectl_apply_trains_a_tiny_model_to_success(kube_cluster, kube_namespace, operator_up, node_agent,
                                                         tiny_s3, tmp_path):
-    """Scenario 1: kubectl apply -> pod -> the trainer trains -> kubectl wait returns; the status holds the
-    metrics and artefact URIs, which exist in S3."""
+    """Scenario 1: `kubectl apply -f examples/tiny-s3.yaml` (its placeholder endpoint pointed at the test's S3
+    server) -> pod -> the trainer trains -> kubectl wait returns; the status holds the metrics and artefact
+    URIs, which exist in S3."""
     ns = kube_namespace
-    s3_secret(kube_cluster, ns, tiny_s3)
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(manifest("tiny", tiny_s3)))
+    s3_secret(kube_cluster, ns, tiny_s3, "s3-credentials")
+    text = EXAMPLE.read_text()
+    assert PLACEHOLDER_ENDPOINT in text
+    path = tmp_path / "tiny-s3.yaml"
+    path.write_text(text.replace(PLACEHOLDER_ENDPOINT, tiny_s3.endpoint))
     kube_cluster.kubectl("apply", "-n", ns, "-f", str(path))
     try:
-        job = wait_condition(kube_cluster, ns, "tiny", "Succeeded", timeout=300)
+        job = wait_condition(kube_cluster, ns, "tiny-s3", "Succeeded", timeout=300)
     except Exception:
-        print(node_agent.logs(ns, "tiny-1")[-5000:])
+        print(node_agent.logs(ns, "tiny-s3-1")[-5000:])
         raise
     st = job["status"]
+    doc = yaml.safe_load(path.read_text())
     assert st["attempts"] == 1 and condition(job, "Succeeded")["reason"] == "Completed"
     assert "evalLoss" in st["metrics"] and "evalLoss" in st["baseMetrics"] and st["evalSummary"]
-    assert st["progress"]["totalSteps"] == 8  # reported by the trainer over the progress endpoint
-    assert st["artifacts"]["root"] == parse_job({**manifest("tiny", tiny_s3), "metadata": {
-        "name": "tiny", "namespace": ns}}).artifact_root()
+    assert st["progress"]["totalSteps"] == doc["spec"]["training"]["maxSteps"]  # reported over HTTP
+    doc["metadata"]["namespace"] = ns
+    assert st["artifacts"]["root"] == parse_job(doc).artifact_root()
     for name in ("adapter", "report", "metrics"):
         assert keys(tiny_s3, st["artifacts"][name]), f"{name}: nothing at {st['artifacts'][name]}"
     assert any(k.endswith("adapter_model.safetensors") for k in keys(tiny_s3, st["artifacts"]["adapter"]))
