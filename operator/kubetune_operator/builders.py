@@ -194,13 +194,8 @@ def _placement(job: FineTuneJob) -> dict[str, Any]:
     return out
 
 
-def build_trainer_pod(
-    job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None
-) -> dict[str, Any]:
-    """The trainer pod `<name>-<attempt>`. `active_deadline_seconds` is what is left of the job's
-    activeDeadlineSeconds (the caller knows the clock; this function does not)."""
-    volumes, mounts = _volumes(job)
-    container = {
+def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
         "name": CONTAINER,
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
@@ -218,6 +213,14 @@ def build_trainer_pod(
             "runAsNonRoot": True,
         },
     }
+
+
+def build_trainer_pod(
+    job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None
+) -> dict[str, Any]:
+    """The trainer pod `<name>-<attempt>`. `active_deadline_seconds` is what is left of the job's
+    activeDeadlineSeconds (the caller knows the clock; this function does not)."""
+    volumes, mounts = _volumes(job)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         # The trainer talks to nobody but S3 and the operator's progress endpoint: no API credentials.
@@ -231,7 +234,7 @@ def build_trainer_pod(
             "fsGroup": TRAINER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [container],
+        "containers": [_container(job, attempt, settings, mounts)],
         "volumes": volumes,
         **_placement(job),
     }

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 # instead of bursting.
 MAX_CONCURRENT_WRITES = 16
 MAX_ERROR_BACKOFF = 60.0
+EventPoster = Callable[..., None]  # kopf.event's signature: (body, *, type, reason, message)
 
 
 class StaleChild(ApiError):
@@ -51,8 +53,8 @@ class StaleChild(ApiError):
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: Settings, store: ProgressStore):
-        self.kube, self.settings, self.store = kube, settings, store
+    def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, post_event: EventPoster = kopf.event):
+        self.kube, self.settings, self.store, self.post_event = kube, settings, store, post_event
         self.jobs: dict[Key, dict[str, Any]] = {}  # latest body seen per job
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # pods per job, by name
         self.runtimes: dict[str, dict[str, Any]] = {}  # ClusterFineTuneRuntime specs by name
@@ -65,8 +67,14 @@ class Reconciler:
 
     # ------------------------------------------------------------------ inputs from kopf
 
+    def _serves(self, namespace: str) -> bool:
+        """KUBETUNE_NAMESPACES also holds when kopf was started by hand with other namespace flags."""
+        return not self.settings.namespaces or namespace in self.settings.namespaces
+
     def job_event(self, kind: str | None, body: dict[str, Any]) -> None:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        if not self._serves(key[0]):
+            return
         if kind == "DELETED":
             self.forget(key)
             return
@@ -76,6 +84,8 @@ class Reconciler:
     def pod_event(self, kind: str | None, pod: dict[str, Any]) -> None:
         meta = pod["metadata"]
         key = (meta["namespace"], (meta.get("labels") or {}).get(JOB_LABEL, ""))
+        if not self._serves(key[0]):
+            return
         pods = self.pods.setdefault(key, {})
         if kind == "DELETED":
             pods.pop(meta["name"], None)
@@ -242,7 +252,7 @@ class Reconciler:
             )
             self.jobs[key] = updated
             for event in p.events:
-                kopf.event(updated, type=event.type, reason=event.reason, message=event.message)
+                self.post_event(updated, type=event.type, reason=event.reason, message=event.message)
             for event in p.events:
                 log.info("FineTuneJob %s/%s: %s %s", namespace, name, event.reason, event.message)
         for pod in p.delete:

@@ -1,0 +1,163 @@
+"""The reconciler's I/O discipline against a fake API server: nothing is sent when nothing changed, writes
+are planned on fresh reads, children are created before the status is written and pods deleted after it,
+AlreadyExists is success, and no Secret is ever read."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from opkit import SETTINGS, job_body, running, terminated
+
+from kubetune_operator.kube import ApiError
+from kubetune_operator.progress import ProgressStore
+from kubetune_operator.reconciler import Reconciler
+
+
+class FakeKube:
+    """Holds one job and its pods; records every call."""
+
+    def __init__(self, job: dict, pods: list[dict] | None = None):
+        self.job, self.pods = copy.deepcopy(job), {p["metadata"]["name"]: p for p in pods or []}
+        self.calls: list[tuple[str, ...]] = []
+        self.existing: set[tuple[str, str]] = set()  # (kind, name) that answer AlreadyExists
+        self.conflicts = 0
+
+    async def get_job(self, ns, name):
+        self.calls.append(("get_job", name))
+        return copy.deepcopy(self.job)
+
+    async def list_pods(self, ns, job_name):
+        self.calls.append(("list_pods", job_name))
+        return [copy.deepcopy(p) for p in self.pods.values()]
+
+    async def create(self, obj):
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        self.calls.append(("create", kind, name))
+        if (kind, name) in self.existing:
+            raise ApiError(409, "POST", name, "AlreadyExists", "exists")
+        if kind == "Pod":
+            self.pods[name] = obj
+        return obj
+
+    async def get(self, ns, plural, name):
+        self.calls.append(("get", plural, name))
+        return copy.deepcopy(self.pods.get(name)) if plural == "pods" else None
+
+    async def patch(self, ns, kind, name, patch):
+        self.calls.append(("patch", kind, name))
+        return {}
+
+    async def patch_job_status(self, ns, name, patch):
+        self.calls.append(("patch_status", name))
+        if self.conflicts:
+            self.conflicts -= 1
+            raise ApiError(409, "PATCH", name, "Conflict", "the object has been modified")
+        assert patch["metadata"]["resourceVersion"] == self.job["metadata"]["resourceVersion"]
+        self.job["status"] = {**(self.job.get("status") or {}), **patch["status"]}
+        return copy.deepcopy(self.job)
+
+    async def delete(self, ns, plural, name):
+        self.calls.append(("delete", plural, name))
+        self.pods.pop(name, None)
+        return True
+
+
+def reconcile(kube: FakeKube, cached_job: dict, cached_pods: list[dict]) -> tuple[Reconciler, list, Any]:
+    events: list[tuple[str, str]] = []
+    r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda body, **e: events.append((e["type"], e["reason"])))
+
+    async def run():
+        r.jobs[("team-a", "demo")] = copy.deepcopy(cached_job)
+        r.pods[("team-a", "demo")] = {p["metadata"]["name"]: copy.deepcopy(p) for p in cached_pods}
+        return await r.reconcile(("team-a", "demo"))
+
+    return r, events, asyncio.run(run())
+
+
+def settled(job: dict, pods: list[dict]) -> dict:
+    """The job after the operator has written what it wanted for these pods."""
+    kube = FakeKube(job, pods)
+    reconcile(kube, job, pods)
+    return kube.job
+
+
+def test_new_job_creates_children_then_writes_status():
+    kube = FakeKube(job_body())
+    _, events, _ = reconcile(kube, job_body(), [])
+    assert kube.calls == [
+        ("get_job", "demo"), ("list_pods", "demo"),
+        ("create", "ConfigMap", "demo-config"), ("create", "Secret", "demo-progress"), ("create", "Pod", "demo-1"),
+        ("patch_status", "demo"),
+    ]
+    assert kube.job["status"]["attempts"] == 1 and ("Normal", "PodCreated") in events
+
+
+def test_nothing_changed_means_no_request_at_all():
+    job = settled(job_body(), [])
+    pods = [running(job, 1)]
+    job = settled(job, pods)
+    kube = FakeKube(job, pods)
+    _, events, _ = reconcile(kube, job, pods)
+    assert kube.calls == [] and events == []
+
+
+def test_already_existing_children_are_adopted_and_secrets_never_read():
+    body = job_body()
+    kube = FakeKube(body, [])
+    kube.existing = {("ConfigMap", "demo-config"), ("Secret", "demo-progress")}
+    pod = running(body, 1)
+    kube.pods["demo-1"] = pod
+    # The watch cache has not seen the pod yet: the fresh LIST has, so it is adopted, not recreated.
+    reconcile(kube, body, [])
+    assert ("create", "Pod", "demo-1") not in kube.calls
+    assert kube.job["status"]["attempts"] == 1 and kube.job["status"]["phase"] == "Running"
+    kube2 = FakeKube(body, [])
+    kube2.existing = {("ConfigMap", "demo-config"), ("Secret", "demo-progress"), ("Pod", "demo-1")}
+    kube2.pods["demo-1"] = pod
+    kube2.list_pods = lambda ns, name: _empty()  # created between our LIST and our POST
+    reconcile(kube2, body, [])
+    assert ("patch", "ConfigMap", "demo-config") in kube2.calls and ("patch", "Secret", "demo-progress") in kube2.calls
+    assert ("get", "pods", "demo-1") in kube2.calls and kube2.job["status"]["attempts"] == 1
+    assert not [c for c in kube.calls + kube2.calls if c[0] == "get" and c[1] != "pods"]
+
+
+async def _empty():
+    return []
+
+
+def test_status_is_written_before_pods_are_deleted():
+    body = job_body({**job_body()["spec"], "activeDeadlineSeconds": 1})
+    job = settled(body, [])
+    job["status"]["startTime"] = "2020-01-01T00:00:00Z"  # long past
+    pods = [running(job, 1)]
+    kube = FakeKube(job, pods)
+    reconcile(kube, job, pods)
+    writes = [c for c in kube.calls if c[0] in ("patch_status", "delete")]
+    assert writes == [("patch_status", "demo"), ("delete", "pods", "demo-1")]
+    assert kube.job["status"]["phase"] == "Failed"
+
+
+def test_a_conflicting_edit_means_look_again():
+    job = settled(job_body(), [])
+    pods = [terminated(job, 1, 0, "Completed", "")]
+    kube = FakeKube(job, pods)
+    kube.conflicts = 1
+
+    async def run():
+        r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda *a, **k: None)
+        r.jobs[("team-a", "demo")] = job
+        r.pods[("team-a", "demo")] = {"demo-1": pods[0]}
+        return await r._reconcile_logged(("team-a", "demo"))
+
+    assert asyncio.run(run()) == 0.2
+    assert kube.job["status"]["phase"] == "Pending"  # not written; the next pass writes it
+
+
+def test_namespaces_outside_the_setting_are_ignored():
+    from kubetune_operator.settings import Settings
+
+    r = Reconciler(FakeKube(job_body()), Settings(namespaces=("team-b",)), ProgressStore(10))
+    r.job_event("ADDED", job_body())  # namespace team-a
+    assert r.jobs == {}
