@@ -22,6 +22,7 @@ def test_local_run_resolves_paths_against_the_manifest_and_prints_the_summary(tm
                      evaluation={"gate": {"metric": "evalLoss", "max": 1000.0},
                                  "regression": {"uri": "./data/general.jsonl", "metric": "chrf", "maxDrop": 1.0}})
     spec["output"]["mergeAdapter"] = True
+    spec["training"]["gradientCheckpointing"] = True
     path = write_manifest(jobs / "job.yaml", manifest(spec, name="local"))
     proc = run_cli(["run", str(path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -47,3 +48,24 @@ def test_invalid_manifest_names_the_field_and_exits_with_invalid_config(tmp_path
     proc = run_cli(["run", str(path)])
     assert proc.returncode == 10
     assert "spec.training.learningrate: unknown field" in proc.stderr and "learningRate" in proc.stderr
+
+
+def test_validate_checks_the_data_without_loading_weights(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"instruction": "q", "output": "a"}, {"instruction": "q2", "output": ""}])
+    path = write_manifest(tmp_path / "job.yaml", manifest(tiny_spec("./no-model-here", "./train.jsonl", "./out")))
+    proc = run_cli(["validate", str(path)])
+    assert proc.returncode == 11
+    assert "train.jsonl: row 2: field 'output' is missing or empty" in proc.stderr
+    write_jsonl(tmp_path / "train.jsonl", [{"instruction": f"q{i}", "output": "a"} for i in range(8)])
+    proc = run_cli(["validate", str(path)])
+    assert proc.returncode == 0, proc.stderr
+    assert "valid; 8 rows (alpaca), 0 duplicates, 6 train / 2 eval" in proc.stdout
+
+
+def test_hub_model_offline_fails_at_once_with_a_clear_message(tmp_path):
+    write_jsonl(tmp_path / "train.jsonl", [{"instruction": f"q{i}", "output": "a"} for i in range(8)])
+    path = write_manifest(tmp_path / "job.yaml", manifest(tiny_spec("hf://acme/model", "./train.jsonl", "./out")))
+    proc = run_cli(["run", str(path)], env={"HF_ENDPOINT": "http://127.0.0.1:9"}, timeout=60)
+    assert proc.returncode == 15
+    assert "the Hugging Face hub (http://127.0.0.1:9) is unreachable" in proc.stderr
+    assert "copy the model to S3 or a local folder" in proc.stderr

@@ -54,6 +54,7 @@ def test_killed_run_resumes_from_its_checkpoint_at_the_right_step(tmp_path, tiny
     log = train_log(root)
     resumes = [e for e in log if e["event"] == "resume"]
     assert [e["step"] for e in resumes] == [saved[-1]]
+    assert [e["step"] for e in log if e["event"] == "start"] == [0, saved[-1]], "one start per attempt"
     first_new = json.loads(next(line for line in second.stdout.splitlines() if '"stage":"training"' in line))
     assert first_new["step"] == saved[-1]
     steps = [e["step"] for e in log if e["event"] == "step"]

@@ -4,12 +4,13 @@ then `train()`, `evaluate()` and `save()`. `runner.run_job` drives it and turns 
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from pathlib import Path
 
 from kubetune_api.job import FineTuneJob
-from kubetune_api.results import TrainerResult
+from kubetune_api.results import Env, TrainerResult
 
 from . import data as datamod
 from .artifacts import write_artifacts
@@ -119,6 +120,8 @@ class LoRARecipe:
     def train(self) -> None:
         start = self._resume()
         total = self.schedule.total_steps
+        self.log.append({"event": "start", "step": start, "attempt": int(os.environ.get(Env.ATTEMPT) or 1),
+                         "time": round(time.time(), 3)})
         self.reporter.start_training(start, total)
         self.model.train()
         began = time.monotonic()
