@@ -11,6 +11,7 @@ operator was down still yields its result. The reconciler (reconciler.py) does t
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -97,6 +98,10 @@ class _Planner:
     # -------------------------------------------------------------- flow
 
     def run(self) -> Plan:
+        if (self.obs.body.get("metadata") or {}).get("deletionTimestamp"):
+            # Being deleted (e.g. with its namespace): its pods go with it; nothing to start or record.
+            self.out.status = copy.deepcopy(self.obs.body.get("status") or {})
+            return self.out
         job, reason, errors = resolve(self.obs.body, self.obs.runtime)
         if job is None:
             self.invalid(reason, errors)
@@ -266,7 +271,10 @@ class _Planner:
         if waited >= self.grace:
             self.fail(Reason.IMAGE_PULL_FAILED, f"pod {pod.name} could not pull its image for {waited:.0f}s: {detail}")
         else:
-            self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} cannot pull its image yet: {detail}")
+            # Not the kubelet's text: it alternates between ErrImagePull and ImagePullBackOff, and a message
+            # that flips every few seconds would be a status patch every few seconds.
+            self.cond(C.RUNNING, False, Reason.WAITING,
+                      f"pod {pod.name} cannot pull its image yet; the job fails after {self.grace:.0f}s of this")
             self.out.wait(self.grace - waited)
 
     def suspend(self) -> None:

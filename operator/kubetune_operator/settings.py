@@ -117,3 +117,14 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors["v1", "pods"] = JOB_LABEL
     # A request that hangs longer than this is retried rather than blocking a job's reconcile forever.
     settings.networking.request_timeout = 60
+    # kopf logs "Handler 'pod_event' succeeded." for every watch event; our watch handlers only file the
+    # event, and with hundreds of jobs reporting progress that line would be most of the log.
+    logging.getLogger("kopf.objects").addFilter(_QuietWatchHandlers())
+
+
+class _QuietWatchHandlers(logging.Filter):
+    HANDLERS = ("job_event", "pod_event", "runtime_event")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        return not (text.endswith("succeeded.") and any(f"Handler '{h}'" in text for h in self.HANDLERS))

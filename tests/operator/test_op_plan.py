@@ -348,3 +348,11 @@ def test_missing_runtime_holds_the_job_with_a_clear_condition():
 def test_owner_uid_is_the_jobs():
     body = started()
     assert running(body, 1)["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_a_job_being_deleted_gets_no_new_pod():
+    body = started()
+    _, body = reconcile(body, [running(body, 1)], now=5)
+    body["metadata"]["deletionTimestamp"] = stamp(6)
+    p, after = reconcile(body, [], now=7)  # its pods went first
+    assert p.create_attempt is None and p.events == [] and after["status"] == body["status"]
