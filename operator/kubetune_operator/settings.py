@@ -113,8 +113,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
     # Only pods that carry our job label are watched (server side): a cluster's other pods never reach
-    # the operator's memory.
-    settings.watching.label_selectors["v1", "pods"] = JOB_LABEL
+    # the operator's memory. (kopf >= 1.45; older ones filter the same label client-side, in handlers.py.)
+    selectors = getattr(settings.watching, "label_selectors", None)
+    if selectors is not None:
+        selectors["v1", "pods"] = JOB_LABEL
     # A request that hangs longer than this is retried rather than blocking a job's reconcile forever.
     settings.networking.request_timeout = 60
     # kopf logs "Handler 'pod_event' succeeded." for every watch event; our watch handlers only file the
