@@ -93,11 +93,12 @@ def read_rows(path: Path, fmt: str, name: str) -> list[tuple[int, object]]:
         with open(path, encoding="utf-8", newline="") as f:
             return list(enumerate(csv.DictReader(f), start=1))
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         try:
             table = pq.read_table(path)
-        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a corrupt file
+        except (pa.ArrowException, OSError) as err:
             raise DataError(f"{name}: not a readable Parquet file ({err})") from None
         return list(enumerate(table.to_pylist(), start=1))
     raise DataError(f"{name}: unsupported format {fmt!r}; accepted: jsonl, json, csv, parquet")

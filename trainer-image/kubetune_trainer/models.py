@@ -9,7 +9,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from .bundled import bundled_model, cache_root
-from .errors import ConfigError, NotFound, Transient
+from .errors import AccessDenied, ConfigError, NotFound, Transient
 from .storage import Storage
 
 
@@ -34,6 +34,12 @@ def fetch_model(spec, storage: Storage) -> Path:
 
 def _fetch_hub(spec) -> Path:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     repo = spec.uri.removeprefix("hf://")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
@@ -46,8 +52,15 @@ def _fetch_hub(spec) -> Path:
     try:
         return Path(snapshot_download(repo, revision=spec.revision, token=os.environ.get("HF_TOKEN") or None,
                                       cache_dir=str(cache_root() / "hf")))
-    except Exception as err:  # noqa: BLE001 - the hub client raises many types; name the repo either way
-        raise NotFound(f"model uri {spec.uri!r}: download failed: {err}") from None
+    except GatedRepoError:
+        raise AccessDenied(f"model uri {spec.uri!r} is gated: set model.secretRef to a Secret with an HF_TOKEN "
+                           "that has accepted the model's terms") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise NotFound(f"model uri {spec.uri!r}" + (f" revision {spec.revision!r}" if spec.revision else "")
+                       + " does not exist on the hub, or is private (set model.secretRef to a Secret with an "
+                       "HF_TOKEN)") from None
+    except HfHubHTTPError as err:
+        raise Transient(f"model uri {spec.uri!r}: download from the hub failed: {err}") from None
 
 
 def load_tokenizer(path: Path, trust_remote_code: bool):

@@ -73,9 +73,11 @@ class PromptFormatter:
         if self.mode == "custom":
             values = {**example.field_map, "system_prompt": self.system_prompt or "",
                       "messages": [{"role": r, "content": c} for r, c in example.messages]}
+            from jinja2 import TemplateError
+
             try:
                 prompt = self.custom.render(**values)
-            except Exception as err:  # noqa: BLE001 - Jinja raises many types; all mean a bad template
+            except (TemplateError, TypeError, ValueError) as err:
                 raise ConfigError(f"dataset.customTemplate failed to render a record: {err}; available "
                                   f"variables: {', '.join(sorted(values))}") from None
             return prompt, example.response + self.eos

@@ -262,17 +262,19 @@ class ArtifactStore:
         return self.storage.fetch_tree(self.uri(rel.rstrip("/") + "/"), local_dir)
 
     def list_dirs(self, rel: str) -> list[str]:
-        """Names of the immediate sub-folders of `rel`."""
+        """Names of the immediate sub-folders of `rel` that hold at least one file."""
         if not self.is_s3:
             path = Path(self.uri(rel))
             return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+        # Derived from the keys themselves: some stores (SeaweedFS) list emptied folders as prefixes.
         bucket, key = split_s3(self.uri(rel.rstrip("/") + "/"))
-        names = []
+        names = set()
         with self.storage.errors(self.uri(rel)):
-            pages = self.storage.client.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=key, Delimiter="/")
-            for page in pages:
-                names += [p["Prefix"][len(key):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            for page in self.storage.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                for obj in page.get("Contents", []):
+                    name, sep, _ = obj["Key"][len(key):].partition("/")
+                    if sep:
+                        names.add(name)
         return sorted(names)
 
     def delete_tree(self, rel: str) -> None:
