@@ -36,7 +36,7 @@ def test_killed_run_resumes_from_its_checkpoint_at_the_right_step(tmp_path, tiny
     config = write_manifest(tmp_path / "resumed.yaml", doc)
     root = parse_job(doc).artifact_root()
     env = {**os.environ, "PYTHONPATH": str(REPO), "KUBETUNE_CONFIG": str(config),
-           "KUBETUNE_TERMINATION_LOG": str(tmp_path / "term")}
+           "KUBETUNE_TERMINATION_LOG": str(tmp_path / "term"), "KUBETUNE_WORK_DIR": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-m", "kubetune_trainer", "train"], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "out" / "default" / "resumed" / parse_job(doc).spec_hash / "checkpoints"

@@ -30,6 +30,7 @@ def tuned(tmp_path_factory, cache_dir):
     recipe.train()
     results = recipe.evaluate()
     recipe.save()
+    recipe.cleanup()
     after = {n: p.detach() for n, p in recipe.model.named_parameters()}
     return {"recipe": recipe, "results": results, "before": before, "after": after, "root": Path(recipe.store.uri())}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -228,6 +229,10 @@ class LoRARecipe:
             metrics=r["tuned"], base_metrics=r["base"], gate_passed=r["gatePassed"],
             gate_message=r["gateMessage"], artifacts=artifacts,
         )
+
+    def cleanup(self) -> None:
+        """Remove the scratch folder (downloaded data, local copies of artefacts and checkpoints)."""
+        shutil.rmtree(self.work, ignore_errors=True)
 
 
 def summary(results: dict) -> str:

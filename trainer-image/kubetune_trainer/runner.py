@@ -45,10 +45,13 @@ def _run(job: FineTuneJob, manifest_dir: Path | None, reporter: ProgressReporter
     if store.exists(SUCCESS):
         return already_complete(job, store)
     recipe = LoRARecipe(job, manifest_dir=manifest_dir, reporter=reporter, work_dir=work_dir)
-    recipe.setup()
-    recipe.train()
-    recipe.evaluate()
-    return recipe.save()
+    try:
+        recipe.setup()
+        recipe.train()
+        recipe.evaluate()
+        return recipe.save()
+    finally:
+        recipe.cleanup()
 
 
 def already_complete(job: FineTuneJob, store: ArtifactStore) -> TrainerResult:
