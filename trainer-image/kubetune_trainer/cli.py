@@ -99,12 +99,16 @@ def _validate(path: Path) -> int:
     job = _load(path, None)
     if job is None:
         return ExitCode.INVALID_CONFIG
+    recipe = None
     try:
         recipe = LoRARecipe(job, manifest_dir=path.resolve().parent, work_dir=os.environ.get(Env.WORK_DIR))
-        recipe._setup_data()
+        recipe.check_data()
     except TrainerError as err:
         print(f"kubetune: {err.code.reason}: {err.message}", file=sys.stderr)
         return int(err.code)
+    finally:
+        if recipe is not None:
+            recipe.cleanup()
     r = recipe.data_report
     print(f"{path}: valid; {r.rows} rows ({r.schema}), {r.duplicates} duplicates, {r.train} train / {r.eval} eval")
     return 0

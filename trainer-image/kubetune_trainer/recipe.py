@@ -59,6 +59,11 @@ class LoRARecipe:
         self._setup_model()
         self._setup_adapter()
 
+    def check_data(self) -> datamod.DataReport:
+        """Only read and validate the data (`kubetune validate`)."""
+        self._setup_data()
+        return self.data_report
+
     def _read(self, role: str, uri: str) -> list[datamod.Example]:
         files, infos = [], []
         for i, info in enumerate(self.storage.list_files(uri)):
