@@ -11,10 +11,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.fixtures.s3 import S3Server
-from tests.fixtures.tiny_model import make_tiny_model
+# The shared fixtures are imported as `fixtures.*` with tests/ on the path, as the operator tests do.
+TESTS = Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
 
-REPO = Path(__file__).resolve().parents[2]
+from fixtures.s3 import S3Server  # noqa: E402
+from fixtures.tiny_model import make_tiny_model  # noqa: E402
+
+REPO = TESTS.parent
 PRODUCTS = {"tent": "KAV", "boots": "FJL", "backpack": "RYG", "lamp": "LYS"}
 COLOURS = {"red": "RD", "blue": "BL", "green": "GR"}
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from fixtures.tiny_model import make_tokenizer
 from kubetune_api.spec import DatasetSpec
 from kubetune_trainer.data import Example
 from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.prompting import IGNORE, PromptFormatter, length_stats
-from tests.fixtures.tiny_model import make_tokenizer
 
 EXAMPLE = Example(messages=(("user", "SKU for a red tent?"),), response="NV-KAV-RD",
                   fields=(("instruction", "SKU for a red tent?"), ("input", ""), ("output", "NV-KAV-RD")))
