@@ -3,6 +3,7 @@ see with the reconciler. All decisions are in plan.py; all I/O in reconciler.py.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from typing import Any
@@ -14,6 +15,7 @@ from kubetune_api import GROUP, PLURAL, RUNTIME_PLURAL, VERSION
 from . import metrics, progress
 from .builders import JOB_LABEL
 from .kube import Kube
+from .leader import LeaderElection
 from .reconciler import Reconciler
 from .settings import Settings, configure_kopf
 
@@ -32,17 +34,25 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     if not config.progress_url:
         log.warning("KUBETUNE_PROGRESS_URL is not set: trainer pods report progress to their logs only")
     store = progress.ProgressStore(config.progress_interval)
-    reconciler = Reconciler(Kube.connect(), config, store)
+    # With a Lease configured, this replica starts on standby and acts once it leads.
+    reconciler = Reconciler(Kube.connect(), config, store, active=config.leader_lease is None)
     memo.config, memo.reconciler = config, reconciler
+    memo.election = memo.election_task = None
+    if config.leader_lease is not None:
+        namespace, name = config.leader_lease
+        memo.election = LeaderElection(reconciler.kube, namespace, name, config.identity, reconciler.lead,
+                                       config.lease_seconds)
+        memo.election_task = asyncio.create_task(memo.election.run(), name="kubetune leader election")
     memo.progress_runner = None
     if config.progress_port:
         app = progress.progress_app(config.progress_key, reconciler.uid_of, store, reconciler.request)
         memo.progress_runner = await progress.serve(app, config.progress_port)
     metrics.serve(config.metrics_port, reconciler.phases)
     log.info(
-        "kubetune operator ready: namespaces=%s trainer image=%s progress=%s metrics port=%s",
+        "kubetune operator ready: namespaces=%s trainer image=%s progress=%s metrics port=%s leader election=%s",
         ",".join(config.namespaces) or "(all)", config.trainer_image, config.progress_url or "(logs only)",
         config.metrics_port or "(off)",
+        "/".join(config.leader_lease) + f" as {config.identity}" if config.leader_lease else "(off)",
     )
 
 
@@ -50,8 +60,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if memo.get("progress_runner") is not None:
         await memo.progress_runner.cleanup()
+    if memo.get("election_task") is not None:
+        memo.election_task.cancel()
+        await asyncio.gather(memo.election_task, return_exceptions=True)
     if memo.get("reconciler") is not None:
         await memo.reconciler.stop()
+    if memo.get("election") is not None:
+        await memo.election.release()  # after the reconciler stopped: the next leader may start at once
+    if memo.get("reconciler") is not None:
         await memo.reconciler.kube.close()
 
 

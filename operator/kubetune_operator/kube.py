@@ -66,8 +66,13 @@ def core_path(namespace: str, kind_plural: str, name: str = "") -> str:
     return f"/api/v1/namespaces/{quote(namespace)}/{kind_plural}" + (f"/{quote(name)}" if name else "")
 
 
+def lease_path(namespace: str, name: str = "") -> str:
+    return f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace)}/leases" + (f"/{quote(name)}" if name else "")
+
+
 class Kube:
-    """The handful of calls the operator makes. Never logs request or response bodies (Secrets)."""
+    """The handful of calls the operator makes (each needs its verb in the chart's RBAC, templates/rbac.yaml).
+    Never logs request or response bodies (Secrets)."""
 
     def __init__(self, config: kubernetes.client.Configuration, timeout: float = 60):
         self._config = config
@@ -144,10 +149,6 @@ class Kube:
                 return None
             raise
 
-    async def replace(self, obj: dict) -> dict:
-        meta = obj["metadata"]
-        return await self.request("PUT", core_path(meta["namespace"], _plural(obj), meta["name"]), obj)
-
     async def patch(self, namespace: str, kind: str, name: str, patch: dict) -> dict:
         """A merge patch of a Pod, ConfigMap or Secret."""
         path = core_path(namespace, _plural({"kind": kind}), name)
@@ -165,6 +166,23 @@ class Kube:
                 return False
             raise
         return True
+
+    # The leader-election Lease (leader.py)
+    async def get_lease(self, namespace: str, name: str) -> dict | None:
+        try:
+            return await self.request("GET", lease_path(namespace, name))
+        except ApiError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def create_lease(self, lease: dict) -> dict:
+        return await self.request("POST", lease_path(lease["metadata"]["namespace"]), lease)
+
+    async def replace_lease(self, lease: dict) -> dict:
+        """PUT, conditional on the lease's metadata.resourceVersion (409 when someone else wrote it)."""
+        meta = lease["metadata"]
+        return await self.request("PUT", lease_path(meta["namespace"], meta["name"]), lease)
 
 
 def _plural(obj: dict) -> str:

@@ -9,6 +9,10 @@ A reconcile plans on the watch cache first, which is enough to see that nothing 
 case: our own status patch coming back). Anything that writes is planned again on a fresh GET of the job
 and LIST of its pods, and the status patch is conditional on the job's resourceVersion, so a stale cache
 or a concurrent edit can never make the operator act twice.
+
+With more than one replica, only the leader acts (`lead`, driven by leader.py): a standby files kopf's
+events like the leader, so its caches are warm when it takes over, but it reconciles nothing and keeps no
+timers.
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ class StaleChild(ApiError):
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, post_event: EventPoster = kopf.event):
+    def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, post_event: EventPoster = kopf.event,
+                 active: bool = True):
         self.kube, self.settings, self.store, self.post_event = kube, settings, store, post_event
+        self.active = active  # False on a standby replica (leader.py)
         self.jobs: dict[Key, dict[str, Any]] = {}  # latest body seen per job
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # pods per job, by name
         self.runtimes: dict[str, dict[str, Any]] = {}  # ClusterFineTuneRuntime specs by name
@@ -122,10 +128,30 @@ class Reconciler:
         if timer:
             timer[1].cancel()
 
+    # ------------------------------------------------------------------ leadership
+
+    def lead(self, active: bool) -> None:
+        """Leader election's verdict. Taking over: every known job is reconciled at once (the plan works
+        from observed state, so nothing the old leader did is lost). Stepping down: timers are dropped and
+        no new reconcile starts; one already running finishes its writes, which stay safe (fresh reads,
+        conditional status patch), well inside the lease's renew deadline."""
+        self.active = active
+        if active:
+            for key in list(self.jobs):
+                self.request(key)
+            return
+        for _, timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        self._again.clear()
+
     # ------------------------------------------------------------------ the work queue
 
     def request(self, key: Key, delay: float = 0.0) -> None:
-        """Reconcile `key` now, or after `delay` seconds (an earlier pending request wins)."""
+        """Reconcile `key` now, or after `delay` seconds (an earlier pending request wins). A standby
+        replica ignores requests: the leader does the work."""
+        if not self.active:
+            return
         if delay <= 0:
             self._kick(key)
             return
@@ -143,6 +169,8 @@ class Reconciler:
         self._kick(key)
 
     def _kick(self, key: Key) -> None:
+        if not self.active:
+            return
         if key in self._tasks:
             self._again.add(key)
         else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 from dataclasses import dataclass, field
 
 import kopf
@@ -68,6 +69,16 @@ class Settings:
     image_pull_grace: float = 120.0
     # KUBETUNE_NAMESPACES: comma-separated namespaces to watch; empty means the whole cluster.
     namespaces: tuple[str, ...] = ()
+    # KUBETUNE_LEADER_ELECTION_LEASE: "<namespace>/<name>" of a coordination.k8s.io Lease. Set (the chart
+    # does with more than one replica), the replicas elect a leader through it and only the leader acts;
+    # the others keep warm caches and take over when it goes (leader.py). Empty: this process always acts.
+    leader_lease: tuple[str, str] | None = None
+    # KUBETUNE_LEADER_ELECTION_SECONDS: how long a standby waits on a silent leader before taking over
+    # (client-go's default of 15 s). A leader that shuts down hands over at once.
+    lease_seconds: float = 15.0
+    # KUBETUNE_POD_NAME: this replica's name in the Lease (the chart sets it to the pod's name); unset, the
+    # host name plus a random suffix, so two processes on one host never take each other for itself.
+    identity: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -84,7 +95,19 @@ class Settings:
             metrics_port=int(_number(env, "KUBETUNE_METRICS_PORT", 9090)),
             image_pull_grace=_number(env, "KUBETUNE_IMAGE_PULL_GRACE_SECONDS", 120.0),
             namespaces=tuple(n.strip() for n in env.get("KUBETUNE_NAMESPACES", "").split(",") if n.strip()),
+            leader_lease=_lease(env.get("KUBETUNE_LEADER_ELECTION_LEASE", "")),
+            lease_seconds=_number(env, "KUBETUNE_LEADER_ELECTION_SECONDS", 15.0),
+            identity=env.get("KUBETUNE_POD_NAME") or f"{socket.gethostname()}_{secrets.token_hex(4)}",
         )
+
+
+def _lease(raw: str) -> tuple[str, str] | None:
+    if not raw.strip():
+        return None
+    namespace, _, name = raw.strip().partition("/")
+    if not namespace or not name or "/" in name:
+        raise SettingsError(f"KUBETUNE_LEADER_ELECTION_LEASE={raw!r} must be <namespace>/<name>")
+    return namespace, name
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -99,9 +122,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
-    # Peering is chosen on the command line before this hook runs: the chart passes --standalone for one
-    # replica and --peering=<name> for more (one active, the rest paused). Here only its noise is decided:
-    # a keep-alive log line every minute per replica tells nobody anything.
+    # kopf peering is not used: the chart always runs kopf --standalone, and with more than one replica the
+    # replicas elect a leader through a Lease (leader.py). kopf peering pauses every replica of an equal
+    # priority (all of one Deployment), and pausing kopf would not pause our own timers. Should someone run
+    # with --peering anyway, its keep-alive line every minute per replica tells nobody anything.
     settings.peering.stealth = True
     # Handler log lines stay logs. Every status transition gets its own explicit Event (kopf.event), so
     # only warnings and errors are additionally turned into Events, or `kubectl describe` would drown.

@@ -43,6 +43,19 @@ def test_settings_from_env():
         Settings.from_env({"KUBETUNE_PROGRESS_INTERVAL": "soon"})
 
 
+def test_leader_election_settings():
+    off = Settings.from_env({})
+    assert off.leader_lease is None and off.identity  # a host name plus a random suffix
+    assert Settings.from_env({}).identity != off.identity  # two processes on one host are two candidates
+    on = Settings.from_env({"KUBETUNE_LEADER_ELECTION_LEASE": "kubetune-system/kt-kubetune",
+                            "KUBETUNE_LEADER_ELECTION_SECONDS": "5", "KUBETUNE_POD_NAME": "kt-kubetune-7d9-x2"})
+    assert (on.leader_lease, on.lease_seconds, on.identity) == (("kubetune-system", "kt-kubetune"), 5.0,
+                                                               "kt-kubetune-7d9-x2")
+    for bad in ("kt-kubetune", "/kt", "a/b/c"):
+        with pytest.raises(SettingsError, match="must be <namespace>/<name>"):
+            Settings.from_env({"KUBETUNE_LEADER_ELECTION_LEASE": bad})
+
+
 def test_console_script_is_kopf():
     run = subprocess.run([sys.executable, "-m", "kubetune_operator", "--help"], capture_output=True, text=True,
                          timeout=60)

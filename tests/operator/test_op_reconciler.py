@@ -161,3 +161,29 @@ def test_namespaces_outside_the_setting_are_ignored():
     r = Reconciler(FakeKube(job_body()), Settings(namespaces=("team-b",)), ProgressStore(10))
     r.job_event("ADDED", job_body())  # namespace team-a
     assert r.jobs == {}
+
+
+def test_a_standby_replica_keeps_its_cache_warm_but_acts_only_while_it_leads():
+    kube = FakeKube(job_body())
+    key = ("team-a", "demo")
+
+    async def run():
+        r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda *a, **k: None, active=False)
+        r.job_event("ADDED", job_body())
+        r.request(key, delay=0.01)
+        await asyncio.sleep(0.05)
+        assert kube.calls == [] and key in r.jobs and not r._timers and not r._tasks
+        r.lead(True)  # taking over: every known job at once
+        await asyncio.gather(*r._tasks.values())
+        assert ("create", "Pod", "demo-1") in kube.calls and kube.job["status"]["attempts"] == 1
+        r.request(key, delay=30)
+        assert r._timers
+        r.lead(False)  # stepping down: no timers, no new work
+        assert not r._timers
+        before = list(kube.calls)
+        r.job_event("MODIFIED", kube.job)
+        r.pod_event("MODIFIED", running(kube.job, 1))
+        await asyncio.sleep(0.05)
+        assert kube.calls == before and r.pods[key]
+
+    asyncio.run(run())
