@@ -24,3 +24,22 @@ def test_many_bad_rows_are_summarised_and_fit_the_termination_message():
     assert "row 20:" in err.message and "row 21:" not in err.message and "and 4980 more" in err.message
     text = TrainerResult(ok=False, reason=err.code.reason, message=err.message).to_termination_message()
     assert len(text.encode()) <= 4096 and "DataInvalid" in text
+
+
+def test_a_failed_upload_is_retryable_unless_the_store_denied_it():
+    import pytest
+    from boto3.exceptions import S3UploadFailedError
+
+    from kubetune_trainer.errors import TrainerError
+    from kubetune_trainer.storage import s3_errors
+
+    def failure(code: str) -> TrainerError:
+        with pytest.raises(TrainerError) as info, s3_errors("s3://bucket/run/adapter.safetensors", "http://s3:8333"):
+            raise S3UploadFailedError(
+                f"Failed to upload x to bucket/run: An error occurred ({code}) when calling the PutObject operation"
+            )
+        return info.value
+
+    assert failure("InternalError").code == ExitCode.TRANSIENT and ExitCode.TRANSIENT.retryable
+    denied = failure("AccessDenied")
+    assert denied.code == ExitCode.ACCESS_DENIED and "s3://bucket/run/adapter.safetensors" in denied.message

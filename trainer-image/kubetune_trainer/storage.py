@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,8 +53,9 @@ def s3_errors(uri: str, endpoint: str | None) -> Iterator[None]:
         status = str(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         raise _typed(uri, code or status, where, str(err)) from None
     except (S3UploadFailedError, S3TransferFailedError) as err:
-        code = next((c for c in DENIED_CODES | MISSING_CODES if f"({c})" in str(err)), "")
-        raise _typed(uri, code, where, str(err)) from None
+        # boto3 folds the ClientError into the message: "... An error occurred (InternalError) when ...".
+        found = re.search(r"An error occurred \((\w+)\)", str(err))
+        raise _typed(uri, found.group(1) if found else "", where, str(err)) from None
     except BotoCoreError as err:
         raise Transient(f"cannot reach S3 at {where} for {uri}: {err}") from None
 
@@ -65,7 +67,7 @@ def _typed(uri: str, code: str, where: str, detail: str):
                             "AWS_SECRET_ACCESS_KEY (storage.s3.secretRef) and the bucket policy")
     if code in MISSING_CODES:
         return NotFound(f"{uri} does not exist ({shown}) at {where}")
-    if code.startswith("5") or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
+    if not code or code.startswith("5") or code in ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout"):
         return Transient(f"S3 at {where} failed for {uri}: {detail}")
     return AccessDenied(f"S3 refused {uri} at {where}: {detail}")
 
