@@ -16,8 +16,8 @@ from .helm import CACHE, find_helm
 VALUE_SETS: dict[str, dict] = {
     "default": {},
     "namespaced": {"rbac": {"namespaced": True}, "watchNamespaces": ["team-a", "team-b"]},
-    "peering": {"replicas": 2},
-    "peering-namespaced": {"replicas": 3, "watchNamespaces": ["team-a"]},
+    "replicas": {"replicas": 2},
+    "replicas-namespaced": {"replicas": 3, "watchNamespaces": ["team-a"]},
     "monitoring-no-crds-no-runtimes": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
         "crds": {"enabled": False}, "runtimes": {"enabled": False},

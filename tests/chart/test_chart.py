@@ -19,9 +19,9 @@ from .conftest import VALUE_SETS
 from .helm import CHART, NAMESPACE, helm_run, render, render_text
 
 IDS = list(VALUE_SETS)
-# Kinds defined by CRDs (ours, kopf's, the Prometheus Operator's): kubernetes-validate has no schema for
-# them; ours are checked against our CRD schema and API models below.
-CUSTOM_KINDS = {"ClusterFineTuneRuntime", "ServiceMonitor", "ClusterKopfPeering", "KopfPeering"}
+# Kinds defined by CRDs (ours, the Prometheus Operator's): kubernetes-validate has no schema for them; ours
+# are checked against our CRD schema and API models below.
+CUSTOM_KINDS = {"ClusterFineTuneRuntime", "ServiceMonitor"}
 # The oldest and the newest Kubernetes that kubernetes-validate ships schemas for.
 K8S_VERSIONS = ("1.25.0", kubernetes_validate.utils.latest_version())
 
@@ -85,10 +85,9 @@ def test_crds_toggle_and_keep_policy(helm, rendered):
     assert not _kinds(rendered["monitoring-no-crds-no-runtimes"], "CustomResourceDefinition")
     no_keep = _kinds(render(helm, {"crds": {"keep": False}}), "CustomResourceDefinition")
     assert len(no_keep) == 2 and all("annotations" not in d["metadata"] for d in no_keep)
-    # kopf's peering CRDs come only with peering.
-    assert {d["metadata"]["name"] for d in _kinds(rendered["peering"], "CustomResourceDefinition")} == {
-        "finetunejobs.kubetune.io", "clusterfinetuneruntimes.kubetune.io",
-        "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    # More replicas elect a leader through a Lease (a built-in kind): no other CRDs, no kopf peering.
+    assert {d["metadata"]["name"] for d in _kinds(rendered["replicas"], "CustomResourceDefinition")} == {
+        "finetunejobs.kubetune.io", "clusterfinetuneruntimes.kubetune.io"}
 
 
 def _operator(docs: list[dict]) -> dict:
@@ -96,23 +95,30 @@ def _operator(docs: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize(
-    "name,namespaces,peering",
-    [("default", ["--all-namespaces"], "--standalone"),
-     ("namespaced", ["--namespace=team-a", "--namespace=team-b"], "--standalone"),
-     ("peering", ["--all-namespaces"], "--peering=kt-kubetune"),
-     ("peering-namespaced", ["--namespace=team-a"], "--peering=kt-kubetune")],
+    "name,namespaces,election",
+    [("default", ["--all-namespaces"], False),
+     ("namespaced", ["--namespace=team-a", "--namespace=team-b"], False),
+     ("replicas", ["--all-namespaces"], True),
+     ("replicas-namespaced", ["--namespace=team-a"], True)],
 )
-def test_operator_command_line(rendered, name, namespaces, peering):
+def test_operator_command_line_and_leader_election(rendered, name, namespaces, election):
     deployment = _one(rendered[name], "Deployment")
-    command = _operator(rendered[name])["command"]
+    container = _operator(rendered[name])
+    command = container["command"]
     assert command[:4] == ["kopf", "run", "-m", "kubetune_operator"]
     assert "--liveness=http://0.0.0.0:8081/healthz" in command
     assert [a for a in command if a.startswith(("--namespace", "--all-namespaces"))] == namespaces
-    assert peering in command
-    strategy = deployment["spec"]["strategy"]["type"]
-    assert strategy == ("Recreate" if peering == "--standalone" else "RollingUpdate")
-    peerings = _kinds(rendered[name], "KopfPeering") + _kinds(rendered[name], "ClusterKopfPeering")
-    assert bool(peerings) == (peering != "--standalone")
+    # Always kopf standalone: kopf peering pauses every replica of an equal priority (all of a Deployment).
+    assert "--standalone" in command and not [a for a in command if a.startswith(("--peering", "--priority"))]
+    env = {e["name"]: e for e in container["env"]}
+    if election:
+        assert env["KUBETUNE_LEADER_ELECTION_LEASE"]["value"] == f"{NAMESPACE}/kt-kubetune"
+        assert env["KUBETUNE_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    else:
+        assert "KUBETUNE_LEADER_ELECTION_LEASE" not in env
+    # One replica never overlaps with its successor; elected replicas hand over, so they may roll.
+    assert deployment["spec"]["strategy"]["type"] == ("RollingUpdate" if election else "Recreate")
+    assert not [d for d in rendered[name] if d["apiVersion"].startswith("kopf.dev/")]
 
 
 def test_probes_point_at_kopf_liveness(rendered):
@@ -163,35 +169,67 @@ def test_generated_progress_key_is_random_per_install(helm):
     assert len(keys) == 2
 
 
-def _rules(doc: dict) -> dict[tuple[str, str], set[str]]:
-    return {(group, res): set(rule["verbs"]) for rule in doc.get("rules") or []
-            for group in rule["apiGroups"] for res in rule["resources"]}
+def _rules(doc: dict) -> dict[tuple[str, str, tuple[str, ...]], set[str]]:
+    """(apiGroup, resource, resourceNames) -> verbs."""
+    rules: dict[tuple[str, str, tuple[str, ...]], set[str]] = {}
+    for rule in doc.get("rules") or []:
+        for group in rule["apiGroups"]:
+            for res in rule["resources"]:
+                rules.setdefault((group, res, tuple(rule.get("resourceNames") or ())), set()).update(rule["verbs"])
+    return rules
 
 
+# Exactly the requests the operator makes (operator/kubetune_operator/kube.py, and kopf's watches and Event
+# posts); test_operator_k8s.py runs the operator on a real API server with this RBAC and no 403.
 NAMESPACED_RULES = {
-    ("kubetune.io", "finetunejobs"): {"get", "list", "watch", "patch"},
-    ("kubetune.io", "finetunejobs/status"): {"patch"},
-    ("", "pods"): {"create", "get", "list", "watch", "delete"},
-    ("", "configmaps"): {"create", "get", "list", "watch", "delete"},
-    ("", "secrets"): {"create", "get", "list", "watch", "delete"},
-    ("", "events"): {"create", "patch"},
+    # kopf never patches a job: the operator has only on-event handlers and no finalizer (settings.py).
+    ("kubetune.io", "finetunejobs", ()): {"get", "list", "watch"},
+    ("kubetune.io", "finetunejobs/status", ()): {"patch"},
+    ("", "pods", ()): {"create", "get", "list", "watch", "delete"},
+    # Written blind (create, or merge-patch if it exists) and deleted after the TTL; never read.
+    ("", "configmaps", ()): {"create", "patch", "delete"},
+    ("", "secrets", ()): {"create", "patch", "delete"},
+    ("", "events", ()): {"create"},  # kopf only ever POSTs Events
 }
 CLUSTER_READS = {
-    ("kubetune.io", "clusterfinetuneruntimes"): {"get", "list", "watch"},
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("kubetune.io", "clusterfinetuneruntimes", ()): {"list", "watch"},  # kopf's watch; never a GET
+    ("apiextensions.k8s.io", "customresourcedefinitions", ()): {"list", "watch"},
+}
+NAMESPACES = {("", "namespaces", ()): {"list", "watch"}}  # kopf, only when given --namespace
+LEADER_ELECTION = {
+    ("coordination.k8s.io", "leases", ()): {"create"},
+    ("coordination.k8s.io", "leases", ("kt-kubetune",)): {"get", "update"},
 }
 
 
 def test_cluster_rbac_is_exactly_what_the_operator_uses(rendered):
     assert _rules(_one(rendered["default"], "ClusterRole")) == {**CLUSTER_READS, **NAMESPACED_RULES}
     assert not _kinds(rendered["default"], "Role")
-    assert _rules(_one(rendered["peering"], "ClusterRole")) == {
-        **CLUSTER_READS, **NAMESPACED_RULES, ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"}}
+
+
+def test_more_replicas_add_only_their_lease_in_the_release_namespace(rendered):
+    for name, cluster in (("replicas", {**CLUSTER_READS, **NAMESPACED_RULES}),
+                          ("replicas-namespaced", {**CLUSTER_READS, **NAMESPACES, **NAMESPACED_RULES})):
+        docs = rendered[name]
+        assert _rules(_one(docs, "ClusterRole")) == cluster
+        role, binding = _one(docs, "Role"), _one(docs, "RoleBinding")
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+        assert _rules(role) == LEADER_ELECTION
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kt-kubetune", "namespace": NAMESPACE}]
+
+
+@pytest.mark.parametrize("name", IDS)
+def test_the_operator_can_read_no_secret(rendered, name):
+    for doc in rendered[name]:
+        for (_, res, _), verbs in _rules(doc).items():
+            if res == "secrets":
+                assert not verbs & {"get", "list", "watch"}, f"{doc['kind']} {doc['metadata']['name']}"
 
 
 def test_namespaced_rbac_keeps_only_cluster_scoped_reads_cluster_wide(rendered):
     docs = rendered["namespaced"]
-    assert _rules(_one(docs, "ClusterRole")) == {**CLUSTER_READS, ("", "namespaces"): {"list", "watch"}}
+    assert _rules(_one(docs, "ClusterRole")) == {**CLUSTER_READS, **NAMESPACES}
     roles = _kinds(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:

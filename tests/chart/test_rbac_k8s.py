@@ -14,15 +14,15 @@ from .helm import install_chart
 
 pytestmark = pytest.mark.k8s
 
-# (verb, resource, namespace or None for cluster scope, subresource)
+# (verb, resource, namespace or None for cluster scope, subresource): every request the operator makes
+# (operator/kubetune_operator/kube.py, plus kopf's watches and Event posts).
 OPERATOR_REQUESTS = [
-    *[(v, "finetunejobs.kubetune.io", "team-a", None) for v in ("get", "list", "watch", "patch")],
+    *[(v, "finetunejobs.kubetune.io", "team-a", None) for v in ("get", "list", "watch")],
     ("patch", "finetunejobs.kubetune.io", "team-a", "status"),
-    *[(v, r, "team-a", None) for r in ("pods", "configmaps", "secrets")
-      for v in ("create", "get", "list", "watch", "delete")],
+    *[(v, "pods", "team-a", None) for v in ("create", "get", "list", "watch", "delete")],
+    *[(v, r, "team-a", None) for r in ("configmaps", "secrets") for v in ("create", "patch", "delete")],
     ("create", "events", "team-a", None),
-    ("patch", "events", "team-a", None),
-    *[(v, "clusterfinetuneruntimes.kubetune.io", None, None) for v in ("get", "list", "watch")],
+    *[(v, "clusterfinetuneruntimes.kubetune.io", None, None) for v in ("list", "watch")],
     *[(v, "customresourcedefinitions.apiextensions.k8s.io", None, None) for v in ("list", "watch")],
 ]
 ALWAYS_FORBIDDEN = [
@@ -33,11 +33,17 @@ ALWAYS_FORBIDDEN = [
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),
     ("create", "finetunejobs.kubetune.io", "team-a", None),
     ("delete", "finetunejobs.kubetune.io", "team-a", None),
+    ("patch", "finetunejobs.kubetune.io", "team-a", None),  # kopf keeps no bookkeeping on the jobs
     ("update", "finetunejobs.kubetune.io", "team-a", "status"),
+    ("get", "clusterfinetuneruntimes.kubetune.io", None, None),
     ("patch", "clusterfinetuneruntimes.kubetune.io", None, None),
     ("update", "pods", "team-a", None),
+    ("patch", "pods", "team-a", None),
     ("create", "pods", "team-a", "exec"),
     ("create", "serviceaccounts", "team-a", "token"),
+    *[(v, r, "team-a", None) for r in ("secrets", "configmaps") for v in ("get", "list", "watch")],
+    ("patch", "events", "team-a", None),
+    ("update", "leases.coordination.k8s.io", "kubetune-system", None),  # one replica: no leader election
     ("list", "clusterkopfpeerings.kopf.dev", None, None),
 ]
 

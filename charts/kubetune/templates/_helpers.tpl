@@ -43,8 +43,8 @@ app.kubernetes.io/part-of: kubetune
 {{- default (printf "%s-progress" (include "kubetune.fullname" .)) .Values.progress.existingSecret }}
 {{- end }}
 
-{{/* kopf peering (one active replica, the others standby) whenever more than one replica runs. */}}
-{{- define "kubetune.peering" -}}
+{{/* Leader election through a Lease (one replica acts, the others stand by) whenever more than one runs. */}}
+{{- define "kubetune.leaderElection" -}}
 {{- if gt (int .Values.replicas) 1 }}true{{ end }}
 {{- end }}
 
