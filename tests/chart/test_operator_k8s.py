@@ -3,7 +3,7 @@ operator process started with the rendered Deployment's own command line and env
 with the chart ServiceAccount's token (not an admin's). It drives jobs through success, an invalid spec,
 a TTL clean-up and a deletion without one 403: the chart's RBAC suffices (test_rbac_k8s.py shows what lies
 outside it is forbidden). With two replicas, one leads, the other stands by, and it takes over when the
-leader dies: one pod, one status, each transition once.
+leader dies: one pod, one status, each transition once (in the namespaced-RBAC mode, so both modes run).
 
 The tests run the operator process themselves, so no other kubetune operator may be running against the
 cluster meanwhile (tests/operator's shared one starts after these in `pytest tests`)."""
@@ -220,16 +220,25 @@ def test_the_operator_runs_with_only_the_chart_rbac(kube_cluster, helm, kube_nam
 def test_two_replicas_elect_one_leader_and_the_standby_takes_over(kube_cluster, helm, kube_namespace, scripts,  # noqa: F811
                                                                    operators, test_values, tmp_path):
     cluster, ns = kube_cluster, kube_namespace
-    # A 3 s lease instead of 15 s, through the chart's extraEnv, so that the failover fits a test.
-    values = {**test_values, "replicas": 2,
+    # The namespaced mode this time (Roles in the watched namespace, kopf --namespace), and a 3 s lease
+    # instead of 15 s through the chart's extraEnv, so that the failover fits a test.
+    values = {**test_values, "replicas": 2, "rbac": {"namespaced": True}, "watchNamespaces": [ns],
               "extraEnv": [{"name": "KUBETUNE_LEADER_ELECTION_SECONDS", "value": "3"}]}
     chart = install_chart(cluster, helm, values=values)
     lease_path = f"/apis/coordination.k8s.io/v1/namespaces/{chart.namespace}/leases/kt-kubetune"
+
+    def can_i(verb: str, lease: str) -> str:
+        return cluster.kubectl("auth", "can-i", verb, f"leases.coordination.k8s.io/{lease}", "-n", chart.namespace,
+                               check=False, kubeconfig=chart.kubeconfig).stdout.strip()
+
+    assert [can_i("update", "kt-kubetune"), can_i("update", "another-operators"), can_i("delete", "kt-kubetune")] == [
+        "yes", "no", "no"]  # this release's Lease only, and never deleted
 
     def holder() -> str:
         return ((cluster.get(lease_path) or {}).get("spec") or {}).get("holderIdentity", "")
 
     a = ChartOperator(cluster, chart, "kt-kubetune-5d8-aaaaa", tmp_path / "a.log")
+    assert f"--namespace={ns}" in a.argv and a.env["KUBETUNE_NAMESPACES"] == ns
     operators.append(a.start())
     with denials_explain_failures(operators):
         wait_for(lambda: holder() == "kt-kubetune-5d8-aaaaa", 10, "replica a to lead")
