@@ -68,6 +68,7 @@ class Reconciler:
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._again: set[Key] = set()
         self._errors: dict[Key, int] = {}
+        self._events: dict[Key, int] = {}  # watch events per job (its own and its pods'), see reconcile()
         self._cleaned: set[str] = set()  # uids whose children were removed after their TTL
         self._writes = asyncio.Semaphore(MAX_CONCURRENT_WRITES)
 
@@ -85,6 +86,7 @@ class Reconciler:
             self.forget(key)
             return
         self.jobs[key] = copy.deepcopy(body)
+        self._events[key] = self._events.get(key, 0) + 1
         self.request(key)
 
     def pod_event(self, kind: str | None, pod: dict[str, Any]) -> None:
@@ -98,6 +100,7 @@ class Reconciler:
         else:
             pods[meta["name"]] = copy.deepcopy(pod)
         if key in self.jobs:
+            self._events[key] = self._events.get(key, 0) + 1
             self.request(key)
         elif not pods:
             self.pods.pop(key, None)
@@ -124,6 +127,7 @@ class Reconciler:
         self.pods.pop(key, None)
         self.store.forget(key)
         self._errors.pop(key, None)
+        self._events.pop(key, None)
         timer = self._timers.pop(key, None)
         if timer:
             timer[1].cancel()
@@ -253,13 +257,18 @@ class Reconciler:
                 self.store.written(key, progress)
             return self._next(key, p)
         async with self._writes:
+            events = self._events.get(key, 0)
             fresh = await self.kube.get_job(*key)
             if fresh is None:
                 self.forget(key)
                 return None
             pods = await self.kube.list_pods(*key)
-            self.jobs[key] = fresh
-            self.pods[key] = {pod["metadata"]["name"]: pod for pod in pods}
+            # The reads replace the watch cache only if no watch event for this job arrived while they were
+            # in flight: such an event (a pod turning Running) may be newer than the reads, and overwriting
+            # it would leave the job stuck, since that event was already spent on requesting the next pass.
+            if self._events.get(key, 0) == events:
+                self.jobs[key] = fresh
+                self.pods[key] = {pod["metadata"]["name"]: pod for pod in pods}
             obs, progress = self._observe(fresh, pods, key)
             p = plan(obs, self.settings.image_pull_grace)
             await self._execute(key, fresh, obs.now, p)
