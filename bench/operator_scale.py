@@ -291,6 +291,8 @@ class Result:
     all_pods_s: float = 0.0  # apply start -> last pod stored
     per_job: list[float] = field(default_factory=list)  # job stored -> its pod stored, per job
     settle_s: float = 0.0  # apply start -> all Running and the operator quiet
+    running: int = 0  # jobs whose status says Running once the operator went quiet
+    running_after_steady: int = 0
     rss_idle_mb: float = 0.0
     rss_peak_mb: float = 0.0
     requests: dict[str, int] = field(default_factory=dict)  # "verb resource" -> count (ramp)
@@ -332,9 +334,9 @@ class Bench:
             self._ramp(ns, n, op, result)
             self._steady(ns, n, op, steady, result)
         finally:
-            result_peak = sampler.stop()
             op.stop()
-        result.rss_peak_mb = result_peak / 2**20
+            peak = sampler.stop()
+        result.rss_peak_mb = peak / 2**20
         self._clean(ns)
         return result
 
@@ -352,7 +354,10 @@ class Bench:
                 and r.namespace == ns and r.code == 201}
         result.per_job = [pods[name] - jobs[name] for name in pods if name in jobs]
         result.all_pods_s = max(pods.values()) - t0
-        self._wait(lambda: self._all_running(ns, n), deadline, f"{n} jobs Running", op)
+        # A job whose pod runs but whose status never says so is a bug a user would see: counted, not fatal.
+        with contextlib.suppress(TimeoutError):
+            self._wait(lambda: self._running(ns) == n, min(deadline, time.monotonic() + 120), f"{n} jobs Running", op)
+        result.running = self._running(ns)
         self._wait(lambda: self._quiet(t0), deadline, "the operator to go quiet", op)
         result.settle_s = time.time() - t0
         result.cpu_ramp_s = cpu_seconds(op.proc.pid) - cpu0
@@ -370,8 +375,7 @@ class Bench:
         result.steady_s, result.cpu_steady_s = t1 - t0, cpu_seconds(op.proc.pid) - cpu0
         result.agent_cpu_steady_s = cpu_seconds(self.agent.pid) - agent0
         result.steady_requests = dict(Counter(f"{r.verb} {r.resource}" for r in self.audit.by(self.user, t0, t1)))
-        if not self._all_running(ns, n):
-            raise RuntimeError("a job left Running during the steady state")
+        result.running_after_steady = self._running(ns)
 
     def _pods_created(self, ns: str, t0: float, n: int) -> dict[str, float] | None:
         """job name -> when its first pod was stored, once every job has one."""
@@ -379,9 +383,9 @@ class Bench:
                 if r.verb == "create" and r.resource == "pods" and r.namespace == ns and r.code == 201}
         return pods if len(pods) >= n else None
 
-    def _all_running(self, ns: str, n: int) -> bool:
+    def _running(self, ns: str) -> int:
         items = (self.cluster.get(JOBS.format(ns=ns), timeout=60) or {}).get("items") or []
-        return len(items) == n and all((j.get("status") or {}).get("phase") == "Running" for j in items)
+        return sum((j.get("status") or {}).get("phase") == "Running" for j in items)
 
     def _quiet(self, t0: float, seconds: float = 5.0) -> bool:
         last = max((r.received for r in self.audit.by(self.user, t0) if r.verb != "watch"), default=t0)
@@ -415,6 +419,7 @@ def table(results: list[Result]) -> str:
         ("per job: job -> pod, p50 (s)", "", [f"{r.pct(0.5):.2f}" for r in results]),
         ("per job: job -> pod, p99 (s)", "", [f"{r.pct(0.99):.2f}" for r in results]),
         ("per job: job -> pod, max (s)", f"<= {TARGETS['all_pods_s']:.0f}", [f"{r.pct(1.0):.2f}" for r in results]),
+        ("jobs Running after the ramp", "all", [f"{r.running}/{r.size}" for r in results]),
         ("apply start -> all Running, quiet (s)", "", [f"{r.settle_s:.1f}" for r in results]),
         ("operator RSS idle (MB)", "", [f"{r.rss_idle_mb:.0f}" for r in results]),
         ("operator RSS peak (MB)", f"<= {TARGETS['rss_mb']:.0f}", [f"{r.rss_peak_mb:.0f}" for r in results]),
@@ -470,7 +475,12 @@ def main(argv: list[str] | None = None) -> None:
     missing = missing_tools()
     if missing:
         sys.exit(f"missing {', '.join(missing)}: run tests/k8s/build-kube.sh")
-    workdir = Path(tempfile.mkdtemp(prefix="kubetune-scale-"))
+    # Our own temporary directory (the cluster's certificates and logs, the audit log, the node agent's pod
+    # directories): never one that a sweep of /tmp/kubetune-* by a neighbouring test run could remove.
+    private = Path.home() / ".cache" / "kubetune" / "bench-tmp"
+    private.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(private)
+    workdir = Path(tempfile.mkdtemp(prefix="operator-scale-"))
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; work directory {workdir}", flush=True)
     from chart.helm import service_account_name
 
