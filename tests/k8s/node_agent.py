@@ -887,14 +887,15 @@ class _PodWorker(threading.Thread):
         """Starts the container's command; False (pod already finished with StartError) if it cannot."""
         if self.deleting.is_set():
             raise _Stop
-        env = self._env(c)
+        inherited, declared = self._env_parts(c)
+        env = {**inherited, **declared}
         paths = self._path_map(c)
         argv = [
             paths(_expand(a, env))
             for a in (c.get("command") or self.agent.entrypoints.get(c.get("image", ""), []))
         ]
         argv += [paths(_expand(a, env)) for a in c.get("args") or []]
-        env = {k: paths(v) for k, v in env.items()}
+        env = {**inherited, **{k: paths(v) for k, v in declared.items()}}
         exe = (
             argv[0]
             if argv and "/" in argv[0]
@@ -1016,6 +1017,12 @@ class _PodWorker(threading.Thread):
         return str(values.get(path, ""))
 
     def _env(self, c: dict) -> dict[str, str]:
+        inherited, declared = self._env_parts(c)
+        return {**inherited, **declared}
+
+    def _env_parts(self, c: dict) -> tuple[dict[str, str], dict[str, str]]:
+        """(what the agent's "image" provides, what the pod spec declares). Only the second kind has its
+        mount paths rewritten: the agent's own PATH may well live under a path the pod mounts (e.g. /tmp)."""
         env: dict[str, str] = {}
         if self.agent.inherit_env:
             # Deviation: a container starts from its image's environment; here the agent's environment plays
@@ -1064,8 +1071,7 @@ class _PodWorker(threading.Thread):
                 raise _NotReady(
                     f"couldn't find key {ref['key']} in {ref_key[:-6]} {self.namespace}/{ref['name']}"
                 )
-        env.update(declared)
-        return env
+        return env, declared
 
     def _path_map(self, c: dict) -> PathMap:
         mapping = {m["mountPath"]: str(self._mount_source(m)) for m in c.get("volumeMounts") or []}
