@@ -6,26 +6,23 @@ import contextlib
 
 from .batching import chunks, pad_batch
 from .data import Example
+from .loss import answer_loss
 from .prompting import Encoded, PromptFormatter
 
 
 def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, device: str) -> float:
-    """Mean cross-entropy per answer token over the examples."""
+    """Mean cross-entropy per answer token over the examples (batched by length, so little padding)."""
     import torch
 
     total, tokens = 0.0, 0
     model.eval()
+    by_length = sorted(encoded, key=lambda e: len(e.input_ids))
     with torch.no_grad():
-        for group in chunks(encoded, batch_size):
+        for group in chunks(by_length, batch_size):
             batch = pad_batch([e.input_ids for e in group], pad_id, [e.labels for e in group])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            shift_logits, shift_labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(
-                shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1),
-                ignore_index=-100, reduction="sum")
+            loss, count = answer_loss(model, {k: v.to(device) for k, v in batch.items()})
             total += loss.item()
-            tokens += int((shift_labels != -100).sum())
+            tokens += count
     return total / max(tokens, 1)
 
 

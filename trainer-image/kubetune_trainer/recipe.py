@@ -8,6 +8,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from kubetune_api.job import FineTuneJob
@@ -15,10 +16,11 @@ from kubetune_api.results import Env, TrainerResult
 
 from . import data as datamod
 from .artifacts import write_artifacts
-from .batching import Schedule, pad_batch
+from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
 from .errors import ConfigError
 from .evaluation import base_model_context, generate, mean_loss
+from .loss import answer_loss, check_packing
 from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
 from .models import attach_adapter, device_and_dtype, fetch_model, load_model, load_tokenizer
 from .progress import ProgressReporter
@@ -26,15 +28,36 @@ from .prompting import PromptFormatter, compile_custom, length_stats
 from .storage import ArtifactStore, Storage
 
 
+@dataclass(frozen=True)
+class Levers:
+    """How the training step runs, beyond what the spec says. The defaults are what every job gets; the
+    benchmark (bench/trainer_throughput.py) turns them off one at a time to measure each.
+
+    group_by_length: micro-batches hold examples of similar length, so padded batches are mostly real
+        tokens (not with training.packing, which needs no grouping).
+    answer_logits_only: vocabulary logits only where an answer token is predicted (see loss.py).
+    pass_tokens: a forward pass holds at most this fraction of batchSize x maxSeqLength tokens (but always
+        one whole example); longer micro-batches are split, which bounds the activation memory at that
+        fraction of what the same batch padded to maxSeqLength needs. The loss does not change. None: one
+        pass per micro-batch.
+    pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
+    """
+
+    group_by_length: bool = True
+    answer_logits_only: bool = True
+    pass_tokens: float | None = 0.5
+    pad_to_max_length: bool = False
+
+
 class LoRARecipe:
     """One fine-tuning run of a FineTuneJob, writing only below the job's artefact root."""
 
     def __init__(self, job: FineTuneJob, *, manifest_dir: Path | None = None,
-                 reporter: ProgressReporter | None = None, work_dir: str | None = None):
+                 reporter: ProgressReporter | None = None, work_dir: str | None = None,
+                 levers: Levers | None = None):
         self.job, self.spec = job, job.spec
         self.reporter = reporter or ProgressReporter()
-        if self.spec.training.packing:
-            raise ConfigError("training.packing is not supported by this trainer version yet; set it to false")
+        self.levers = levers or Levers()
         if self.spec.dataset.template == "custom":
             compile_custom(self.spec.dataset.custom_template)
         self.device, self.dtype = device_and_dtype(self.spec.training.precision)
@@ -51,6 +74,7 @@ class LoRARecipe:
         self.results: dict = {}
         self.resumed_from: int | None = None
         self.train_seconds = 0.0
+        self.train_tokens = self.last_step_tokens = 0  # non-padding tokens trained on, this attempt / step
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -113,10 +137,16 @@ class LoRARecipe:
         t = self.spec.training
         set_seed(t.seed)
         self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing)
+        if t.packing:
+            check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+        grouped = self.levers.group_by_length and not t.packing and not self.levers.pad_to_max_length
         self.schedule = Schedule(len(self.train_encoded), t.batch_size, t.gradient_accumulation, t.seed,
-                                 epochs=t.epochs, max_steps=t.max_steps)
+                                 epochs=t.epochs, max_steps=t.max_steps,
+                                 lengths=[len(e.input_ids) for e in self.train_encoded], group_by_length=grouped)
+        max_len, fraction = self.spec.dataset.max_seq_length, self.levers.pass_tokens
+        self.pass_budget = max(max_len, int(fraction * t.batch_size * max_len)) if fraction else None
         total = self.schedule.total_steps
         self.scheduler = get_scheduler(t.scheduler, self.optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
                                        num_training_steps=total)
@@ -135,7 +165,8 @@ class LoRARecipe:
             loss = self._train_step(step.micro_batches)
             lr = self.scheduler.get_last_lr()[0]
             self.log.append({"event": "step", "step": step.number, "epoch": round(step.epoch, 4),
-                             "loss": round(loss, 6), "learningRate": lr, "time": round(time.time(), 3)})
+                             "loss": round(loss, 6), "learningRate": lr, "tokens": self.last_step_tokens,
+                             "time": round(time.time(), 3)})
             self.reporter.step(step.number, step.epoch, loss, lr)
             if self.checkpoints.due(step.number, total):
                 self.checkpoints.save(step.number, self.model, self.optimizer, self.scheduler,
@@ -161,14 +192,18 @@ class LoRARecipe:
         counts = [sum(sum(t != -100 for t in e.labels[1:]) for e in group) for group in examples]
         total_tokens = max(sum(counts), 1)
         step_loss = 0.0
+        self.last_step_tokens = 0
         for group, count in zip(examples, counts, strict=True):
-            batch = pad_batch([e.input_ids for e in group], self.tokenizer.pad_token_id, [e.labels for e in group])
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                loss = self.model(**batch).loss
-            weight = count / total_tokens
-            self.scaler.scale(loss * weight).backward()
-            step_loss += loss.item() * weight
+            if count == 0:  # every answer truncated away: nothing to learn from these examples
+                continue
+            for part in self._passes(group):
+                batch = {k: v.to(self.device) for k, v in self._collate(part).items()}
+                with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                    loss_sum, _ = answer_loss(self.model, batch, self.levers.answer_logits_only)
+                self.scaler.scale(loss_sum / total_tokens).backward()
+                step_loss += loss_sum.item() / total_tokens
+                self.last_step_tokens += sum(len(e.input_ids) for e in part)
+        self.train_tokens += self.last_step_tokens
         self.scaler.unscale_(self.optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                        self.spec.training.max_grad_norm)
@@ -177,6 +212,19 @@ class LoRARecipe:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss
+
+    def _passes(self, group: list) -> list[list]:
+        if self.pass_budget is None or self.levers.pad_to_max_length:
+            return [group]
+        split = passes([len(e.input_ids) for e in group], self.pass_budget, self.spec.training.packing)
+        return [[group[i] for i in part] for part in split]
+
+    def _collate(self, group: list) -> dict:
+        ids, labels = [e.input_ids for e in group], [e.labels for e in group]
+        pad_id, max_len = self.tokenizer.pad_token_id, self.spec.dataset.max_seq_length
+        if self.spec.training.packing:
+            return pack_batch(ids, labels, pad_id, capacity=max_len)
+        return pad_batch(ids, pad_id, labels, width=max_len if self.levers.pad_to_max_length else None)
 
     # ---- evaluate ----------------------------------------------------------------------------------
     def evaluate(self) -> dict:

@@ -1,0 +1,265 @@
+"""Trainer throughput (issue 6, item 1): our trainer versus a naive Hugging Face Trainer + PEFT loop.
+
+    .venv/bin/python bench/trainer_throughput.py                 # baseline, ours, ours with another seed
+    .venv/bin/python bench/trainer_throughput.py --preset levers   # each lever on its own (4 steps)
+    .venv/bin/python bench/trainer_throughput.py --preset levers2  # the default, packing, bf16, checkpointing
+    .venv/bin/python bench/trainer_throughput.py --arms hf-naive,grouped --steps 4 --json out.json
+
+Every arm trains SmolLM2-135M-Instruct (bundled://smollm2-135m-instruct, fp32 safetensors) with the same
+LoRA adapter (r 16, alpha 32, dropout 0.05, all linear layers), the same optimizer settings (AdamW, lr 1e-3,
+cosine, 10% warm-up, clip 1.0), the same number of optimizer steps and 8 examples per step (micro-batches of
+4, accumulation 2) on bench/data/nordvik-support (400 training examples of 45 to 494 tokens, median 89;
+made by bench/data/make_trainer_dataset.py), tokenized by the trainer's PromptFormatter so every arm sees
+the same token ids. Each arm runs in its own process, started one after another by this one, so peak RSS
+(ru_maxrss, read when training ends) is per arm.
+
+* hf-naive: transformers.Trainer + peft.get_peft_model, every example padded to maxSeqLength (512), random
+  order, full-vocabulary logits at every position (the model's own loss): what a first script does.
+* the others: the trainer's LoRARecipe (setup, then train: the product's batching and loss code) with one
+  or more levers on; `ours` is what a job gets by default.
+
+Tokens/s counts non-padding tokens only, over the training loop (first step to last; model loading and
+evaluation excluded). After training, every arm computes the held-out loss on bench/data/nordvik-support
+eval.jsonl (48 examples) with the same function, so "unchanged within noise" can be checked against the
+spread between `ours` and `ours-seed43` (same everything, another data order and adapter init).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "bench" / "data" / "nordvik-support"
+MODEL = "bundled://smollm2-135m-instruct"
+SYSTEM = "You are the support assistant of Nordvik Outfitters."
+
+# arm: (what it is, Levers fields, training overrides); each lever on its own, then together
+NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None}
+ARMS: dict[str, tuple[str, dict, dict]] = {
+    "hf-naive": ("HF Trainer + PEFT, pad to 512, random order, full logits", {}, {}),
+    "ours-pad-max": ("our loop in the naive layout (pad to 512, full logits)", {**NAIVE, "pad_to_max_length": True}, {}),
+    "dynamic": ("pad to the longest of each micro-batch, random order", NAIVE, {}),
+    "grouped": ("dynamic + length-grouped micro-batches", {**NAIVE, "group_by_length": True}, {}),
+    "packed": ("packing (position ids, block-diagonal mask), random order", NAIVE, {"packing": True}),
+    "answer-logits": ("dynamic + answer-only logits", {**NAIVE, "answer_logits_only": True}, {}),
+    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None}, {}),
+    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens (default)", {}, {}),
+    "packed+answer": ("packing + answer-only logits + pass budget", {}, {"packing": True}),
+    "ours+bf16": ("default + precision bf16 (bf16 weights, autocast)", {}, {"precision": "bf16"}),
+    "ours+gc": ("default + gradient checkpointing", {}, {"gradientCheckpointing": True}),
+    "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
+}
+PRESETS = {
+    "main": ["hf-naive", "ours", "ours-seed43"],
+    "levers": ["hf-naive", "dynamic", "grouped", "packed", "answer-logits", "grouped+answer"],
+    "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
+}
+
+
+def job_spec(args, training: dict, output: str) -> dict:
+    return {
+        "model": {"uri": MODEL},
+        "dataset": {"train": {"uri": str(DATA / "train.jsonl")}, "eval": {"uri": str(DATA / "eval.jsonl")},
+                    "schema": "alpaca", "systemPrompt": SYSTEM, "maxSeqLength": args.max_len},
+        "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}},
+        "training": {"maxSteps": args.steps, "batchSize": args.batch_size, "gradientAccumulation": args.accumulation,
+                     "learningRate": 1e-3, "warmupRatio": 0.1, "scheduler": "cosine", "seed": 42, **training},
+        "evaluation": {"compareBase": False},
+        "output": {"uri": output},
+        "checkpoint": {"everySteps": 1_000_000},
+        "resources": {"gpus": 0},
+    }
+
+
+def make_job(spec: dict):
+    from kubetune_api.job import parse_job
+
+    return parse_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                      "metadata": {"name": "bench", "namespace": "bench"}, "spec": spec})
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+# ---- the arms, each in its own process ------------------------------------------------------------------
+def run_ours(args, name: str, out: str) -> dict:
+    from kubetune_trainer.evaluation import mean_loss
+    from kubetune_trainer.recipe import Levers, LoRARecipe
+
+    _, levers, training = ARMS[name]
+    recipe = LoRARecipe(make_job(job_spec(args, training, out)), levers=Levers(**levers), work_dir=out)
+    recipe.setup()
+    ready_rss = rss_mb()
+    recipe.train()
+    peak = peak_rss_mb()
+    steps = [e for e in recipe.log if e["event"] == "step"]
+    loss = mean_loss(recipe.model, recipe.eval_encoded, recipe.tokenizer.pad_token_id, 8, recipe.device)
+    recipe.cleanup()
+    return {"seconds": recipe.train_seconds, "tokens": recipe.train_tokens, "steps": len(steps),
+            "examples": args.steps * args.batch_size * args.accumulation, "peak_rss_mb": peak,
+            "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"]}
+
+
+def run_hf(args, name: str, out: str) -> dict:
+    """The baseline as a user would write it from the transformers and peft docs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    from kubetune_trainer.evaluation import mean_loss
+    from kubetune_trainer.models import fetch_model, load_tokenizer
+    from kubetune_trainer.prompting import PromptFormatter
+    from kubetune_trainer.recipe import LoRARecipe
+
+    # Data and tokens from the trainer's own reader and formatter, so both arms train on identical ids.
+    recipe = LoRARecipe(make_job(job_spec(args, {}, out)), work_dir=out)
+    recipe.check_data()
+    path = fetch_model(recipe.spec.model, recipe.storage)
+    tokenizer = load_tokenizer(path, False)
+    formatter = PromptFormatter(tokenizer, recipe.spec.dataset)
+    train = [formatter.encode(e) for e in recipe.train_set]
+    held_out = [formatter.encode(e) for e in recipe.eval_set]
+    width, pad = args.max_len, tokenizer.pad_token_id
+    rows = [{"input_ids": e.input_ids + [pad] * (width - len(e.input_ids)),
+             "attention_mask": [1] * len(e.input_ids) + [0] * (width - len(e.input_ids)),
+             "labels": e.labels + [-100] * (width - len(e.labels))} for e in train]
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    clock: dict[str, float] = {}
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            clock["begin"] = time.monotonic()
+
+        def on_train_end(self, *a, **k):
+            clock["end"] = time.monotonic()
+
+    class Counting(Trainer):
+        tokens = 0
+        losses: list[float] = []
+
+        def compute_loss(self, model, inputs, *a, **k):
+            Counting.tokens += int(inputs["attention_mask"].sum())
+            return super().compute_loss(model, inputs, *a, **k)
+
+    targs = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
+        max_steps=args.steps, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0,
+        max_grad_norm=1.0, optim="adamw_torch", seed=42, logging_steps=1, save_strategy="no", report_to="none",
+        use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
+    ready_rss = rss_mb()
+    trainer = Counting(model=model, args=targs, train_dataset=rows, callbacks=[Clock()])
+    trainer.train()
+    peak = peak_rss_mb()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    loss = mean_loss(model, held_out, pad, 8, "cpu")
+    return {"seconds": clock["end"] - clock["begin"], "tokens": Counting.tokens, "steps": trainer.state.global_step,
+            "examples": args.steps * args.batch_size * args.accumulation, "peak_rss_mb": peak,
+            "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def worker(args) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    with tempfile.TemporaryDirectory(prefix="bench-") as out:
+        run = run_hf if args.worker == "hf-naive" else run_ours
+        result = run(args, args.worker, out)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ---- the driver ---------------------------------------------------------------------------------------
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def spawn(args, arm: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", arm, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
+           "--accumulation", str(args.accumulation), "--max-len", str(args.max_len), "--threads", str(args.threads)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    before, started = load(), time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.exit(f"arm {arm} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    result = json.loads(line.removeprefix("RESULT "))
+    result.update(arm=arm, wall=time.monotonic() - started, load_before=before, load_after=load())
+    result["tokens_per_s"] = result["tokens"] / result["seconds"]
+    print(f"  {arm}: {result['tokens_per_s']:.1f} tok/s, peak {result['peak_rss_mb']:.0f} MB, eval loss "
+          f"{result['eval_loss']:.4f} ({result['wall']:.0f} s, load {before} -> {result['load_after']})", flush=True)
+    return result
+
+
+def table(results: list[dict]) -> str:
+    base = results[0]
+    head = ("| arm | what | non-pad tokens | train s | tokens/s | x tokens/s | peak RSS MB | x RSS "
+            "| eval loss | load (1m, before) |")
+    lines = [head, "|" + "---|" * 10]
+    for r in results:
+        lines.append(
+            f"| {r['arm']} | {ARMS[r['arm']][0]} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} "
+            f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['peak_rss_mb']:.0f} "
+            f"| {r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | {r['eval_loss']:.4f} | {r['load_before'].split()[0]} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", default=None, help="comma-separated arms, the first is the baseline: " + ", ".join(ARMS))
+    parser.add_argument("--preset", choices=PRESETS, default="main",
+                        help="main: baseline and ours; levers, levers2: each lever on its own (default --steps 4)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per arm (default 6 for main, 4 for the lever presets)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--accumulation", type=int, default=2)
+    parser.add_argument("--max-len", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per arm (default 1: on a shared machine a busy neighbour on the other "
+                        "core stalls every multi-threaded kernel; use 2 on a quiet 2-core machine)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.steps = args.steps or (6 if args.preset == "main" else 4)
+    if args.worker:
+        return worker(args)
+    arms = args.arms.split(",") if args.arms else PRESETS[args.preset]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        sys.exit(f"unknown arm(s) {unknown}; choose from {', '.join(ARMS)}")
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs, {args.threads} torch thread(s) per arm; "
+          f"load {load()}; {args.steps} steps x "
+          f"{args.batch_size * args.accumulation} examples ({args.batch_size} x {args.accumulation}), "
+          f"maxSeqLength {args.max_len}", flush=True)
+    results = [spawn(args, arm) for arm in arms]
+    print()
+    print(table(results))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The training step's speed levers change how examples reach the model, never what a step learns."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from kubetune_api.job import parse_job
+from kubetune_trainer.batching import Schedule, pack_batch, pack_rows, pad_batch, passes
+from kubetune_trainer.errors import ConfigError
+from kubetune_trainer.loss import answer_loss, check_packing
+from kubetune_trainer.recipe import Levers, LoRARecipe
+
+from .conftest import manifest, sku_rows, tiny_spec, write_jsonl
+
+
+@pytest.fixture
+def lora_model(tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM",
+                        init_lora_weights=False)  # non-zero B, so the adapter changes the logits
+    return get_peft_model(model, config).train()
+
+
+def examples(n: int = 5, seed: int = 1) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids and labels: a prompt (label -100) then an answer, of uneven lengths."""
+    rng = random.Random(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        prompt, answer = rng.randint(3, 20), rng.randint(1, 15)
+        seq = [rng.randrange(4, 300) for _ in range(prompt + answer)]
+        ids.append(seq)
+        labels.append([-100] * prompt + seq[prompt:])
+    return ids, labels
+
+
+def loss_and_grads(model, batch: dict, answer_only: bool = True) -> tuple[float, int, dict]:
+    model.zero_grad()
+    loss, count = answer_loss(model, batch, answer_only)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.item(), count, grads
+
+
+def assert_same(a: tuple, b: tuple) -> None:
+    assert a[1] == b[1], "the same answer tokens are counted"
+    assert a[0] == pytest.approx(b[0], rel=1e-5)
+    for name, grad in a[2].items():
+        torch.testing.assert_close(grad, b[2][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_answer_only_logits_give_the_full_logits_loss_and_gradients(lora_model):
+    ids, labels = examples()
+    batch = pad_batch(ids, 0, labels)
+    answer_only = loss_and_grads(lora_model, batch, answer_only=True)
+    full = loss_and_grads(lora_model, batch, answer_only=False)
+    assert_same(answer_only, full)
+    # and both equal the model's own (Hugging Face) loss, which is the mean over the same tokens
+    width = batch["input_ids"].shape[1]
+    hf_labels = torch.tensor([lab + [-100] * (width - len(lab)) for lab in labels])
+    with torch.no_grad():
+        hf = lora_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=hf_labels).loss
+    assert answer_only[0] / answer_only[1] == pytest.approx(hf.item(), rel=1e-5)
+
+
+def test_packed_rows_give_the_unpacked_loss_and_gradients(lora_model):
+    ids, labels = examples(6)
+    packed = pack_batch(ids, labels, 0, capacity=40)
+    assert packed["input_ids"].shape[0] < len(ids), "several examples share a row"
+    assert_same(loss_and_grads(lora_model, packed), loss_and_grads(lora_model, pad_batch(ids, 0, labels)))
+
+
+def test_a_model_that_attends_across_packed_examples_is_refused(lora_model):
+    from kubetune_trainer.prompting import Encoded
+
+    class Leaky(torch.nn.Module):  # an attention mask of ones defeats the per-example position ids
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, **kwargs):
+            kwargs.setdefault("attention_mask", torch.ones_like(input_ids))
+            return self.inner(input_ids=input_ids, **kwargs)
+
+    ids, labels = examples(4)
+    encoded = [Encoded(i, lab, False, len(i)) for i, lab in zip(ids, labels, strict=True)]
+    check_packing(lora_model, encoded, 0, "cpu")
+    with pytest.raises(ConfigError, match="training.packing"):
+        check_packing(Leaky(lora_model), encoded, 0, "cpu")
+
+
+def test_length_grouping_keeps_every_example_once_per_epoch_with_less_padding():
+    rng = random.Random(0)
+    lengths = [min(500, int(rng.lognormvariate(4.5, 0.6))) for _ in range(403)]
+    plain = Schedule(403, 4, 2, seed=5, epochs=2, lengths=lengths)
+    grouped = Schedule(403, 4, 2, seed=5, epochs=2, lengths=lengths, group_by_length=True)
+    assert grouped.total_steps == plain.total_steps == 2 * 51
+
+    def padded(schedule, epoch):
+        return sum(len(mb) * max(lengths[i] for i in mb) for step in schedule.epoch_steps(epoch) for mb in step)
+
+    for epoch in (0, 1):
+        steps = grouped.epoch_steps(epoch)
+        seen = sorted(i for step in steps for mb in step for i in mb)
+        assert seen == list(range(403)), "every example exactly once per epoch"
+        assert sum(len(mb) for mb in steps[1]) == 8, "a step holds batchSize x accumulation examples"
+        assert padded(grouped, epoch) < 0.8 * padded(plain, epoch)
+        biggest = max(len(mb) * max(lengths[i] for i in mb) for step in steps for mb in step)
+        assert max(len(mb) * max(lengths[i] for i in mb) for mb in steps[0]) == biggest, "the largest step is first"
+    assert grouped.epoch_steps(0) != grouped.epoch_steps(1)
+    assert grouped.epoch_steps(1) == Schedule(403, 4, 2, 5, epochs=2, lengths=lengths, group_by_length=True).epoch_steps(1)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_forward_passes_stay_within_the_token_budget(packed):
+    lengths = [500, 30, 480, 90, 120, 64, 20, 300]
+    split = passes(lengths, 1024, packed)
+    assert sorted(i for part in split for i in part) == list(range(len(lengths)))
+    for part in split:
+        size = sum(lengths[i] for i in part) if packed else len(part) * max(lengths[i] for i in part)
+        assert size <= 1024 or len(part) == 1
+    rows = pack_rows(lengths, 512)
+    assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in row) <= 512 for row in rows)
+
+
+def run_steps(tiny_model, tmp_path, name: str, levers: Levers, **training) -> list[float]:
+    train = write_jsonl(tmp_path / "train.jsonl", sku_rows())
+    spec = tiny_spec(str(tiny_model), str(train), str(tmp_path / name), training={"maxSteps": 4, **training})
+    recipe = LoRARecipe(parse_job(manifest(spec, name=name)), levers=levers, work_dir=str(tmp_path))
+    try:
+        recipe.setup()
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    return [e["loss"] for e in recipe.log if e["event"] == "step"]
+
+
+def test_packing_and_split_passes_train_like_one_padded_pass_per_micro_batch(tiny_model, tmp_path):
+    reference = run_steps(tiny_model, tmp_path, "padded", Levers(group_by_length=False, pass_tokens=None))
+    packed = run_steps(tiny_model, tmp_path, "packed", Levers(pass_tokens=None), packing=True)
+    split = run_steps(tiny_model, tmp_path, "split", Levers(group_by_length=False, pass_tokens=0.01))
+    assert len(reference) == 4 and reference[-1] < reference[0]
+    assert packed == pytest.approx(reference, rel=1e-4)
+    assert split == pytest.approx(reference, rel=1e-4)
