@@ -299,9 +299,10 @@ class Result:
     rss_idle_mb: float = 0.0
     rss_peak_mb: float = 0.0
     requests: dict[str, int] = field(default_factory=dict)  # "verb resource" -> count (ramp)
+    request_ms: dict[str, float] = field(default_factory=dict)  # "verb resource" -> mean time in the API server
     steady_s: float = 0.0
     steady_requests: dict[str, int] = field(default_factory=dict)
-    cpu_ramp_s: float = 0.0  # operator CPU seconds during the ramp
+    cpu_ramp: dict[str, float] = field(default_factory=dict)  # CPU seconds during the ramp, by process
     cpu_steady_s: float = 0.0
     agent_cpu_steady_s: float = 0.0
 
@@ -357,8 +358,14 @@ class Bench:
         with ThreadPoolExecutor(CREATORS) as pool:
             list(pool.map(lambda job: self.cluster.request("POST", JOBS.format(ns=ns), job, timeout=120), jobs))
 
+    def _cpu(self, op: Operator) -> dict[str, float]:
+        """CPU seconds so far of the operator and of what shares the machine with it."""
+        pids = {"operator": op.proc.pid, "node agent": self.agent.pid,
+                **{name: p.popen.pid for name, p in self.cluster.processes.items()}}
+        return {name: cpu_seconds(pid) for name, pid in pids.items()}
+
     def _ramp(self, ns: str, n: int, op: Operator, result: Result) -> None:
-        cpu0, t0 = cpu_seconds(op.proc.pid), time.time()
+        cpu0, t0 = self._cpu(op), time.time()
         self._create(ns, n)
         result.apply_s = time.time() - t0
         deadline = time.monotonic() + 120 + 2 * n
@@ -373,8 +380,13 @@ class Bench:
         result.running = self._running(ns)
         self._wait(lambda: self._quiet(t0), deadline, "the operator to go quiet", op)
         result.settle_s = time.time() - t0
-        result.cpu_ramp_s = cpu_seconds(op.proc.pid) - cpu0
-        result.requests = dict(Counter(f"{r.verb} {r.resource}" for r in self.audit.by(self.user, t0)))
+        result.cpu_ramp = {name: seconds - cpu0[name] for name, seconds in self._cpu(op).items()}
+        ramp = self.audit.by(self.user, t0)
+        result.requests = dict(Counter(f"{r.verb} {r.resource}" for r in ramp))
+        seconds: Counter[str] = Counter()
+        for r in ramp:
+            seconds[f"{r.verb} {r.resource}"] += (r.done - r.received) if r.verb != "watch" else 0.0
+        result.request_ms = {k: 1000 * v / result.requests[k] for k, v in seconds.items()}
 
     def _steady(self, ns: str, n: int, op: Operator, steady: float, result: Result) -> None:
         cpu0, agent0, t0 = cpu_seconds(op.proc.pid), cpu_seconds(self.agent.pid), time.time()
@@ -437,7 +449,12 @@ def table(results: list[Result]) -> str:
         ("operator RSS idle (MB)", "", [f"{r.rss_idle_mb:.0f}" for r in results]),
         ("operator RSS peak (MB)", f"<= {TARGETS['rss_mb']:.0f}", [f"{r.rss_peak_mb:.0f}" for r in results]),
         ("operator API requests per job (ramp)", "", [f"{r.requests_per_job:.1f}" for r in results]),
-        ("operator CPU during ramp (s)", "", [f"{r.cpu_ramp_s:.1f}" for r in results]),
+        ("CPU s in the ramp: operator", "", [f"{r.cpu_ramp.get('operator', 0):.1f}" for r in results]),
+        ("  kube-apiserver + etcd", "",
+         [f"{r.cpu_ramp.get('kube-apiserver', 0) + r.cpu_ramp.get('etcd', 0):.1f}" for r in results]),
+        ("  node agent + controller-manager", "",
+         [f"{r.cpu_ramp.get('node agent', 0) + r.cpu_ramp.get('kube-controller-manager', 0):.1f}"
+          for r in results]),
         ("steady: requests / running job / min", f"<= {TARGETS['steady_per_job_min']:.0f}",
          [f"{r.steady_per_job_min:.3f}" for r in results]),
         ("steady: operator CPU (% of a core)", "",
@@ -457,7 +474,8 @@ def breakdown(result: Result) -> str:
     total = sum(result.requests.values())
     lines = [f"operator requests during the ramp at N={result.size} ({total}, {result.requests_per_job:.2f} per job):"]
     for key, count in sorted(result.requests.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {key:<40} {count:>6}  {count / result.size:6.2f} per job")
+        lines.append(f"  {key:<28} {count:>6}  {count / result.size:5.2f} per job, "
+                     f"{result.request_ms.get(key, 0):6.1f} ms each in the API server")
     steady = ", ".join(f"{k}: {v}" for k, v in sorted(result.steady_requests.items())) or "none"
     lines.append(f"steady state ({result.steady_s:.0f} s): {steady}")
     return "\n".join(lines)
