@@ -290,6 +290,7 @@ def start_node_agent(cluster: LocalCluster, workdir: Path) -> subprocess.Popen:
 @dataclass
 class Result:
     size: int
+    load: float = 0.0  # 1-minute load average when the creation started (2 CPUs)
     apply_s: float = 0.0  # creating the N jobs
     all_pods_s: float = 0.0  # start of the creation -> last pod stored
     per_job: list[float] = field(default_factory=list)  # job stored -> its pod stored, per job
@@ -365,6 +366,7 @@ class Bench:
         return {name: cpu_seconds(pid) for name, pid in pids.items()}
 
     def _ramp(self, ns: str, n: int, op: Operator, result: Result) -> None:
+        result.load = os.getloadavg()[0]
         cpu0, t0 = self._cpu(op), time.time()
         self._create(ns, n)
         result.apply_s = time.time() - t0
@@ -438,6 +440,7 @@ class Bench:
 def table(results: list[Result]) -> str:
     sizes = [r.size for r in results]
     rows: list[tuple[str, str, list[str]]] = [
+        ("load average at the start (1 min)", "", [f"{r.load:.2f}" for r in results]),
         ("creating the N jobs (s)", "", [f"{r.apply_s:.1f}" for r in results]),
         ("first create -> every pod exists (s)", f"<= {TARGETS['all_pods_s']:.0f}",
          [f"{r.all_pods_s:.1f}" for r in results]),
