@@ -8,7 +8,7 @@ import asyncio
 import copy
 from typing import Any
 
-from opkit import SETTINGS, job_body, running, terminated
+from opkit import SETTINGS, job_body, pod, running, terminated
 
 from kubetune_operator.kube import ApiError
 from kubetune_operator.progress import ProgressStore
@@ -187,3 +187,39 @@ def test_a_standby_replica_keeps_its_cache_warm_but_acts_only_while_it_leads():
         assert kube.calls == before and r.pods[key]
 
     asyncio.run(run())
+
+
+def test_a_watch_event_that_arrives_during_the_fresh_read_is_not_lost():
+    """A pod turning Running while the reconciler's LIST is in flight: the older LIST reply must not replace
+    the newer event in the cache, or the job stays at Scheduled forever (seen at 200 jobs applied at once)."""
+    job = settled(job_body(), [])
+    pending, now_running = pod(job, 1), running(job, 1)
+    kube = FakeKube(job, [pending])
+    r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda body, **e: None)
+    key = ("team-a", "demo")
+    original_list = kube.list_pods
+
+    async def list_then_watch_event(ns, name):
+        reply = await original_list(ns, name)  # the server answers with the pod still Pending ...
+        kube.pods["demo-1"] = copy.deepcopy(now_running)
+        r.pod_event("MODIFIED", copy.deepcopy(now_running))  # ... and the watch delivers Running meanwhile
+        return reply
+
+    kube.list_pods = list_then_watch_event
+    # The cache has an outdated job (generation bump) so the first pass reads afresh.
+    stale = copy.deepcopy(job)
+    stale["metadata"]["generation"] = 2
+
+    async def run():
+        r.jobs[key] = stale
+        r.pods[key] = {"demo-1": copy.deepcopy(pending)}
+        await r.reconcile(key)
+        assert r.pods[key]["demo-1"]["status"]["phase"] == "Running", "the newer watch event was overwritten"
+        kube.list_pods = original_list
+        for _ in range(50):  # the pass the event requested runs on the event loop
+            if kube.job["status"].get("phase") == "Running":
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(run())
+    assert kube.job["status"]["phase"] == "Running"
