@@ -19,7 +19,9 @@ the same token ids. Each arm runs in its own process, started one after another 
   or more levers on; `ours` is what a job gets by default.
 
 Tokens/s counts non-padding tokens only, over the training loop (first step to last; model loading and
-evaluation excluded). After training, every arm computes the held-out loss on bench/data/nordvik-support
+evaluation excluded), per wall-clock second and per CPU second of the arm's process. With one torch thread
+(the default here) the CPU-time rate is what an idle core gives, whatever else the machine runs; the
+wall-clock rate is what this run got. After training, every arm computes the held-out loss on bench/data/nordvik-support
 eval.jsonl (48 examples) with the same function, so "unchanged within noise" can be checked against the
 spread between `ours` and `ours-seed43` (same everything, another data order and adapter init).
 """
@@ -57,10 +59,16 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "ours+gc": ("default + gradient checkpointing", {}, {"gradientCheckpointing": True}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
 }
+# glibc raises its mmap threshold as large blocks are freed and then keeps freed memory in the heap: peak RSS
+# then varies by up to 2 GB between identical runs (address-space layout decides how much). A fixed threshold
+# gives every large tensor its own mapping, returned when freed, so peak RSS is the live peak, the same on
+# every run; it costs every arm about 15% in speed (page faults).
+MMAP_THRESHOLD = 128 * 1024
 PRESETS = {
     "main": ["hf-naive", "ours", "ours-seed43"],
     "levers": ["hf-naive", "dynamic", "grouped", "packed", "answer-logits", "grouped+answer"],
     "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
+    "layout": ["ours", "packed+answer"],  # grouping or packing, over half an epoch (--steps 25)
 }
 
 
@@ -104,12 +112,14 @@ def run_ours(args, name: str, out: str) -> dict:
     recipe = LoRARecipe(make_job(job_spec(args, training, out)), levers=Levers(**levers), work_dir=out)
     recipe.setup()
     ready_rss = rss_mb()
+    cpu = time.process_time()
     recipe.train()
+    cpu = time.process_time() - cpu
     peak = peak_rss_mb()
     steps = [e for e in recipe.log if e["event"] == "step"]
     loss = mean_loss(recipe.model, recipe.eval_encoded, recipe.tokenizer.pad_token_id, 8, recipe.device)
     recipe.cleanup()
-    return {"seconds": recipe.train_seconds, "tokens": recipe.train_tokens, "steps": len(steps),
+    return {"seconds": recipe.train_seconds, "cpu_seconds": cpu, "tokens": recipe.train_tokens, "steps": len(steps),
             "examples": args.steps * args.batch_size * args.accumulation, "peak_rss_mb": peak,
             "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"]}
 
@@ -145,10 +155,10 @@ def run_hf(args, name: str, out: str) -> dict:
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
-            clock["begin"] = time.monotonic()
+            clock["begin"], clock["cpu_begin"] = time.monotonic(), time.process_time()
 
         def on_train_end(self, *a, **k):
-            clock["end"] = time.monotonic()
+            clock["end"], clock["cpu_end"] = time.monotonic(), time.process_time()
 
     class Counting(Trainer):
         tokens = 0
@@ -169,7 +179,8 @@ def run_hf(args, name: str, out: str) -> dict:
     peak = peak_rss_mb()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     loss = mean_loss(model, held_out, pad, 8, "cpu")
-    return {"seconds": clock["end"] - clock["begin"], "tokens": Counting.tokens, "steps": trainer.state.global_step,
+    return {"seconds": clock["end"] - clock["begin"], "cpu_seconds": clock["cpu_end"] - clock["cpu_begin"],
+            "tokens": Counting.tokens, "steps": trainer.state.global_step,
             "examples": args.steps * args.batch_size * args.accumulation, "peak_rss_mb": peak,
             "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": losses[0], "last_loss": losses[-1]}
 
@@ -201,7 +212,8 @@ def load() -> str:
 def spawn(args, arm: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", arm, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--accumulation", str(args.accumulation), "--max-len", str(args.max_len), "--threads", str(args.threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
+           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     before, started = load(), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -210,21 +222,24 @@ def spawn(args, arm: str) -> dict:
     result = json.loads(line.removeprefix("RESULT "))
     result.update(arm=arm, wall=time.monotonic() - started, load_before=before, load_after=load())
     result["tokens_per_s"] = result["tokens"] / result["seconds"]
-    print(f"  {arm}: {result['tokens_per_s']:.1f} tok/s, peak {result['peak_rss_mb']:.0f} MB, eval loss "
+    result["tokens_per_cpu_s"] = result["tokens"] / result["cpu_seconds"]
+    print(f"  {arm}: {result['tokens_per_s']:.1f} tok/s ({result['tokens_per_cpu_s']:.1f} per CPU s), peak {result['peak_rss_mb']:.0f} MB, eval loss "
           f"{result['eval_loss']:.4f} ({result['wall']:.0f} s, load {before} -> {result['load_after']})", flush=True)
     return result
 
 
 def table(results: list[dict]) -> str:
     base = results[0]
-    head = ("| arm | what | non-pad tokens | train s | tokens/s | x tokens/s | peak RSS MB | x RSS "
-            "| eval loss | load (1m, before) |")
-    lines = [head, "|" + "---|" * 10]
+    head = ("| arm | what | non-pad tokens | train s (CPU s) | tokens/s | x | tokens/CPU s | x | peak RSS MB | x "
+            "| eval loss | load 1m |")
+    lines = [head, "|" + "---|" * 12]
     for r in results:
         lines.append(
-            f"| {r['arm']} | {ARMS[r['arm']][0]} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} "
-            f"| {r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['peak_rss_mb']:.0f} "
-            f"| {r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | {r['eval_loss']:.4f} | {r['load_before'].split()[0]} |")
+            f"| {r['arm']} | {ARMS[r['arm']][0]} | {r['tokens']} | {r['seconds']:.1f} ({r['cpu_seconds']:.1f}) "
+            f"| {r['tokens_per_s']:.1f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f} "
+            f"| {r['tokens_per_cpu_s']:.1f} | {r['tokens_per_cpu_s'] / base['tokens_per_cpu_s']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f} | {r['eval_loss']:.4f} "
+            f"| {r['load_before'].split()[0]} |")
     return "\n".join(lines)
 
 

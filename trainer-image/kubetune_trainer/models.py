@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -77,11 +78,32 @@ def device_and_dtype(precision: str):
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and available_cpus() < torch.get_num_threads():
+        torch.set_num_threads(available_cpus())
     if precision == "auto":
         precision = "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "fp16" and device == "cpu":
         raise ConfigError("training.precision fp16 needs a GPU; use fp32, bf16 or auto on CPU")
     return device, {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a pod's CPU limit).
+
+    Torch starts one thread per core of the node; in a pod limited to 2 CPUs on a 64-core node those
+    threads spend the quota spinning and waiting for each other."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]  # cgroup v2: "max 100000"
+    except (OSError, ValueError):
+        try:  # cgroup v1
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return cpus
+    if quota in ("max", "-1"):
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
 def load_model(path: Path, method, device: str, dtype, trust_remote_code: bool = False):
@@ -150,3 +172,9 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def import_training_libraries() -> None:
+    """Import what loading and training need (seconds of CPU), e.g. while a download runs."""
+    import peft  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401

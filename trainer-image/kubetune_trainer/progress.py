@@ -144,7 +144,9 @@ class ProgressReporter:
         self.current = self.current.model_copy(update={
             "step": step, "epoch": round(epoch, 4), "loss": round(loss, 6),
             "learning_rate": learning_rate, "eta_seconds": eta})
-        self._send(forced=step == self.current.total_steps)
+        # The first step of an attempt always goes out: it says that training really runs, and its loss.
+        first = self._started is not None and step == self._started[1] + 1
+        self._send(forced=first or step == self.current.total_steps)
 
     def close(self, final_stage: str = "done") -> None:
         self.current = self.current.model_copy(update={"stage": final_stage, "eta_seconds": 0})

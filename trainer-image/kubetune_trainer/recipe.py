@@ -22,10 +22,17 @@ from .errors import ConfigError
 from .evaluation import base_model_context, generate, mean_loss
 from .loss import answer_loss, check_packing
 from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
-from .models import attach_adapter, device_and_dtype, fetch_model, load_model, load_tokenizer
+from .models import (
+    attach_adapter,
+    device_and_dtype,
+    fetch_model,
+    import_training_libraries,
+    load_model,
+    load_tokenizer,
+)
 from .progress import ProgressReporter
 from .prompting import PromptFormatter, compile_custom, length_stats
-from .storage import ArtifactStore, Storage
+from .storage import ArtifactStore, Background, Storage
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,6 @@ class LoRARecipe:
         self.levers = levers or Levers()
         if self.spec.dataset.template == "custom":
             compile_custom(self.spec.dataset.custom_template)
-        self.device, self.dtype = device_and_dtype(self.spec.training.precision)
         if self.spec.method.type == "qlora":
             _require_bitsandbytes()
         self.storage = Storage(self.spec.storage.s3, manifest_dir)
@@ -79,7 +85,13 @@ class LoRARecipe:
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
         self.reporter.stage("loading")
+        # The model download (or conversion) runs while torch and the training libraries are imported and
+        # the data is read and validated; a bad record still fails at once (the download thread is a daemon).
+        fetch = Background(fetch_model, self.spec.model, self.storage)
+        self.device, self.dtype = device_and_dtype(self.spec.training.precision)  # imports torch
         self._setup_data()
+        import_training_libraries()
+        self.model_path = fetch.result()
         self._setup_model()
         self._setup_adapter()
 
@@ -122,7 +134,6 @@ class LoRARecipe:
 
     def _setup_model(self) -> None:
         spec = self.spec
-        self.model_path = fetch_model(spec.model, self.storage)
         self.tokenizer = load_tokenizer(self.model_path, spec.model.trust_remote_code)
         self.formatter = PromptFormatter(self.tokenizer, spec.dataset)
         self.train_encoded = [self.formatter.encode(e) for e in self.train_set]

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,3 +293,26 @@ class ArtifactStore:
                 objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if objects:
                     client.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+
+class Background:
+    """`fn(*args)` in a daemon thread; `result()` waits and returns its value or raises its error. A daemon,
+    so a run that fails meanwhile exits without waiting for a download it no longer needs."""
+
+    def __init__(self, fn, *args):
+        self._value, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(fn, args), name=f"background-{fn.__name__}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, fn, args) -> None:
+        try:
+            self._value = fn(*args)
+        except BaseException as err:  # noqa: BLE001 - handed to the caller of result(), never swallowed
+            self._error = err
+
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
