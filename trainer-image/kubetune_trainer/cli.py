@@ -17,10 +17,6 @@ from kubetune_api.results import DEFAULT_CONFIG_PATH, TERMINATION_LOG, Env, Exit
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Before torch loads OpenMP: threads that wait for work sleep instead of spinning. On a CPU shared with
-    # other processes (or throttled by a pod's CPU limit) spinning threads take the cores the working ones
-    # need; a step took 6x longer with 2 spinning threads next to one busy process than with 1 thread.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(prog="kubetune", description="LoRA/QLoRA fine-tuning of open LLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a FineTuneJob manifest on this machine")
