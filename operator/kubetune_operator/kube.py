@@ -131,9 +131,17 @@ class Kube:
         return await self.request("PATCH", job_path(namespace, name, "status"), patch, content_type=MERGE_PATCH)
 
     # Children
-    async def list_pods(self, namespace: str, job_name: str) -> list[dict]:
+    async def list_pods(self, namespace: str, job_name: str, not_older_than: str = "0") -> list[dict]:
+        """The job's pods, from the API server's watch cache. With a resourceVersion, that cache first
+        catches up to it (it is at once in the usual case: the cache feeds every watch, ours included), so
+        pass the newest one the operator has seen for these pods: with several API servers behind a load
+        balancer, the one answering may lag the one our watch is connected to. Without a resourceVersion
+        the LIST would be a quorum read from etcd, which on API servers before 1.31 decodes every pod in
+        the namespace to apply the label selector: O(pods) per reconcile, the ramp O(N^2) (8x slower per
+        LIST at 500 jobs, docs/performance.md)."""
         reply = await self.request(
-            "GET", core_path(namespace, "pods"), params={"labelSelector": f"{JOB_LABEL}={job_name}"}
+            "GET", core_path(namespace, "pods"),
+            params={"labelSelector": f"{JOB_LABEL}={job_name}", "resourceVersion": not_older_than},
         )
         return reply.get("items") or []
 

@@ -7,8 +7,9 @@ are asyncio timers on the same loop, never sleeps.
 
 A reconcile plans on the watch cache first, which is enough to see that nothing needs doing (the common
 case: our own status patch coming back). Anything that writes is planned again on a fresh GET of the job
-and LIST of its pods, and the status patch is conditional on the job's resourceVersion, so a stale cache
-or a concurrent edit can never make the operator act twice.
+and LIST of its pods (from the API server's watch cache, no older than what our watch has seen), and the
+status patch is conditional on the job's resourceVersion, so a stale cache or a concurrent edit can never
+make the operator act twice.
 
 With more than one replica, only the leader acts (`lead`, driven by leader.py): a standby files kopf's
 events like the leader, so its caches are warm when it takes over, but it reconciles nothing and keeps no
@@ -20,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -49,6 +50,16 @@ log = logging.getLogger(__name__)
 MAX_CONCURRENT_WRITES = 16
 MAX_ERROR_BACKOFF = 60.0
 EventPoster = Callable[..., None]  # kopf.event's signature: (body, *, type, reason, message)
+
+
+def newest_version(objects: Iterable[dict[str, Any]]) -> str:
+    """The newest resourceVersion among `objects`, "0" (any) when there are none. resourceVersions are
+    opaque by the API conventions, but every API server encodes them as etcd revisions, decimal integers,
+    and compares them so itself; anything else falls back to "0"."""
+    try:
+        return str(max((int(o["metadata"].get("resourceVersion") or 0) for o in objects), default=0))
+    except ValueError:
+        return "0"
 
 
 class StaleChild(ApiError):
@@ -262,7 +273,7 @@ class Reconciler:
             if fresh is None:
                 self.forget(key)
                 return None
-            pods = await self.kube.list_pods(*key)
+            pods = await self.kube.list_pods(*key, not_older_than=newest_version(self.pods.get(key, {}).values()))
             # The reads replace the watch cache only if no watch event for this job arrived while they were
             # in flight: such an event (a pod turning Running) may be newer than the reads, and overwriting
             # it would leave the job stuck, since that event was already spent on requesting the next pass.

@@ -23,13 +23,15 @@ class FakeKube:
         self.calls: list[tuple[str, ...]] = []
         self.existing: set[tuple[str, str]] = set()  # (kind, name) that answer AlreadyExists
         self.conflicts = 0
+        self.list_versions: list[str] = []
 
     async def get_job(self, ns, name):
         self.calls.append(("get_job", name))
         return copy.deepcopy(self.job)
 
-    async def list_pods(self, ns, job_name):
+    async def list_pods(self, ns, job_name, not_older_than="0"):
         self.calls.append(("list_pods", job_name))
+        self.list_versions.append(not_older_than)
         return [copy.deepcopy(p) for p in self.pods.values()]
 
     async def create(self, obj):
@@ -116,11 +118,27 @@ def test_already_existing_children_are_adopted_and_secrets_never_read():
     kube2 = FakeKube(body, [])
     kube2.existing = {("ConfigMap", "demo-config"), ("Secret", "demo-progress"), ("Pod", "demo-1")}
     kube2.pods["demo-1"] = pod
-    kube2.list_pods = lambda ns, name: _empty()  # created between our LIST and our POST
+    kube2.list_pods = lambda ns, name, not_older_than="0": _empty()  # created between our LIST and our POST
     reconcile(kube2, body, [])
     assert ("patch", "ConfigMap", "demo-config") in kube2.calls and ("patch", "Secret", "demo-progress") in kube2.calls
     assert ("get", "pods", "demo-1") in kube2.calls and kube2.job["status"]["attempts"] == 1
     assert not [c for c in kube.calls + kube2.calls if c[0] == "get" and c[1] != "pods"]
+
+
+def test_the_fresh_pod_list_is_no_older_than_what_the_watch_has_seen():
+    """The fresh LIST is served from the API server's watch cache; with several API servers the one that
+    answers may lag the one our watch uses, so the LIST names the newest pod version the watch delivered."""
+    body = job_body()
+    old_attempt, current = terminated(body, 1, 1), running(body, 2)
+    old_attempt["metadata"]["resourceVersion"], current["metadata"]["resourceVersion"] = "97", "1204"
+    stale = copy.deepcopy(body)
+    stale["metadata"]["generation"] = 2  # so the pass reads afresh
+    kube = FakeKube(body, [old_attempt, current])
+    reconcile(kube, stale, [old_attempt, current])
+    assert kube.list_versions == ["1204"]  # compared as numbers: "97" > "1204" as text
+    kube = FakeKube(body, [])
+    reconcile(kube, body, [])
+    assert kube.list_versions == ["0"]  # nothing seen yet: any version
 
 
 async def _empty():
@@ -199,8 +217,8 @@ def test_a_watch_event_that_arrives_during_the_fresh_read_is_not_lost():
     key = ("team-a", "demo")
     original_list = kube.list_pods
 
-    async def list_then_watch_event(ns, name):
-        reply = await original_list(ns, name)  # the server answers with the pod still Pending ...
+    async def list_then_watch_event(ns, name, not_older_than="0"):
+        reply = await original_list(ns, name, not_older_than)  # the server answers with the pod still Pending ...
         kube.pods["demo-1"] = copy.deepcopy(now_running)
         r.pod_event("MODIFIED", copy.deepcopy(now_running))  # ... and the watch delivers Running meanwhile
         return reply
