@@ -64,3 +64,22 @@ def test_qlora_trains_with_nonzero_correct_lora_gradients(tiny_model):
     for name, grad in grads.items():
         assert torch.allclose(grad, expected[name], rtol=1e-3, atol=1e-6), f"{name}: wrong QLoRA gradient"
     pytest.importorskip("bitsandbytes")
+
+
+def test_the_cli_runs_a_qlora_job_with_a_4bit_base(tmp_path, tiny_model, sku_file):
+    """`kubetune` marks bitsandbytes absent for LoRA jobs (start-up); a QLoRA job must still get it."""
+    import json
+
+    from kubetune_api.job import load_manifest
+
+    from .conftest import manifest, run_cli, tiny_spec, write_manifest
+
+    spec = tiny_spec(str(tiny_model), str(sku_file), str(tmp_path / "out"),
+                     method={"type": "qlora", "quantization": {"computeDtype": "float32"}})
+    path = write_manifest(tmp_path / "job.yaml", manifest(spec, name="q"))
+    proc = run_cli(["run", str(path)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path / "out" / "default" / "q" / load_manifest(path).spec_hash
+    assert (root / "_SUCCESS").exists() and (root / "adapter" / "adapter_config.json").exists()
+    method = json.loads((root / "config.json").read_text())["spec"]["method"]
+    assert method["type"] == "qlora" and method["quantization"]["quantType"] == "nf4"

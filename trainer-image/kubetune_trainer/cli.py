@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from kubetune_api.job import SpecError, load_manifest
+from kubetune_api.job import FineTuneJob, SpecError, load_manifest
 from kubetune_api.results import DEFAULT_CONFIG_PATH, TERMINATION_LOG, Env, ExitCode, TrainerResult
 
 
@@ -55,6 +55,7 @@ def _train(config: str) -> int:
     job = _load(Path(config), termination)
     if job is None:
         return ExitCode.INVALID_CONFIG
+    _skip_unused_libraries(job)
     sinks = [JsonLinesSink(sys.stdout)]
     if os.environ.get(Env.PROGRESS_URL):
         sinks.append(HttpSink(os.environ[Env.PROGRESS_URL], os.environ.get(Env.PROGRESS_TOKEN, ""),
@@ -75,6 +76,7 @@ def _run_local(path: Path, json_lines: bool) -> int:
     job = _load(path, termination)
     if job is None:
         return ExitCode.INVALID_CONFIG
+    _skip_unused_libraries(job)
     sinks = [TqdmSink()] + ([JsonLinesSink(sys.stdout)] if json_lines else [])
     print(f"kubetune: running {path} ({job.spec.model.uri}, {job.spec.method.type}) -> spec hash {job.spec_hash}",
           file=sys.stderr)
@@ -112,6 +114,15 @@ def _validate(path: Path) -> int:
     r = recipe.data_report
     print(f"{path}: valid; {r.rows} rows ({r.schema}), {r.duplicates} duplicates, {r.train} train / {r.eval} eval")
     return 0
+
+
+def _skip_unused_libraries(job: FineTuneJob) -> None:
+    """A LoRA job never touches bitsandbytes, but peft imports it whenever it is installed (peft.helpers),
+    and bitsandbytes' op registrations pull in torch._inductor: 1.0 s of every start-up (docs/performance.md).
+    This process runs exactly one job, so for LoRA it is marked absent before anything imports it, which
+    makes peft and transformers see it as not installed. QLoRA jobs import it as usual."""
+    if job.spec.method.type == "lora" and "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]  # import raises ImportError; find_spec -> None
 
 
 def _quiet_libraries() -> None:
