@@ -248,7 +248,7 @@ def operator_identity(cluster: LocalCluster, workdir: Path) -> tuple[str, Path]:
     sa = service_account_name(RELEASE)
     helm = find_helm()
     if helm is not None:
-        values = {"crds": {"enabled": False}, "runtimes": {"enabled": False}}
+        values = {"runtimes": {"enabled": False}}
         docs = [d for d in render(helm, values, OPERATOR_NS, RELEASE)
                 if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")]
     else:

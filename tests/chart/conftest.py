@@ -18,9 +18,9 @@ VALUE_SETS: dict[str, dict] = {
     "namespaced": {"rbac": {"namespaced": True}, "watchNamespaces": ["team-a", "team-b"]},
     "replicas": {"replicas": 2},
     "replicas-namespaced": {"replicas": 3, "watchNamespaces": ["team-a"]},
-    "monitoring-no-crds-no-runtimes": {
+    "monitoring-no-runtimes": {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
-        "crds": {"enabled": False}, "runtimes": {"enabled": False},
+        "runtimes": {"enabled": False},
     },
     "pinned-digest": {"image": {"digest": "sha256:" + "a" * 64}, "networkPolicy": {"enabled": False},
                       "progress": {"existingSecret": "my-progress-key"}},

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,16 +93,18 @@ def helm_run(helm: Path, *args: str, values: dict[str, Any] | None = None,
 
 
 def render_text(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
-                release: str = RELEASE) -> str:
-    r = helm_run(helm, "template", release, str(CHART), "--namespace", namespace, values=values)
+                release: str = RELEASE, include_crds: bool = False) -> str:
+    """`helm template`; with include_crds, the chart's crds/ folder first, as Argo CD renders it."""
+    extra = ["--include-crds"] if include_crds else []
+    r = helm_run(helm, "template", release, str(CHART), "--namespace", namespace, *extra, values=values)
     if r.returncode != 0:
         raise AssertionError(f"helm template failed:\n{r.stderr}")
     return r.stdout
 
 
 def render(helm: Path, values: dict[str, Any] | None = None, namespace: str = NAMESPACE,
-           release: str = RELEASE) -> list[dict]:
-    return [d for d in yaml.safe_load_all(render_text(helm, values, namespace, release)) if d]
+           release: str = RELEASE, include_crds: bool = False) -> list[dict]:
+    return [d for d in yaml.safe_load_all(render_text(helm, values, namespace, release, include_crds)) if d]
 
 
 def service_account_name(release: str = RELEASE) -> str:
@@ -131,14 +132,9 @@ def install_chart(cluster: Any, helm: Path, values: dict[str, Any] | None = None
     for ns in [namespace, *values.get("watchNamespaces", [])]:
         if cluster.get(f"/api/v1/namespaces/{ns}") is None:
             cluster.create_namespace(ns)
-    for attempt in range(3):
-        r = helm_run(helm, "upgrade", "--install", release, str(CHART), "--namespace", namespace,
-                     "--kubeconfig", str(cluster.kubeconfig), "--timeout", "2m", values=values)
-        # On a fresh cluster helm may reach the runtime-preset hooks before the API server serves the CRDs it
-        # has just created ("no matches for kind"); running it again is what a user would do (docs/gitops.md).
-        if r.returncode == 0 or "no matches for kind" not in r.stderr:
-            break
-        time.sleep(1 + attempt)
+    # One run, also on a fresh cluster: helm installs crds/ and waits for them before the runtime presets.
+    r = helm_run(helm, "upgrade", "--install", release, str(CHART), "--namespace", namespace,
+                 "--kubeconfig", str(cluster.kubeconfig), "--timeout", "2m", values=values)
     if r.returncode != 0:
         raise AssertionError(f"helm install failed:\n{r.stdout}\n{r.stderr}")
     docs = render(helm, values, namespace, release)

@@ -38,7 +38,8 @@ def _one(docs: list[dict], kind: str) -> dict:
 
 @pytest.fixture(scope="module")
 def rendered(helm) -> dict[str, list[dict]]:
-    return {name: render(helm, values) for name, values in VALUE_SETS.items()}
+    """Every value set as Argo CD renders it: the crds/ folder included."""
+    return {name: render(helm, values, include_crds=True) for name, values in VALUE_SETS.items()}
 
 
 @pytest.mark.parametrize("name", IDS)
@@ -60,34 +61,27 @@ def test_rendered_manifests_pass_kubernetes_validate_strict(rendered, name):
 
 
 def test_chart_reads_the_generated_crds():
-    """files/crds is a symlink to crds/ (helm follows it and packages the files), so it cannot drift; the
-    rendering test below checks what helm actually makes of it."""
-    link = CHART / "files" / "crds"
+    """The chart's crds/ is a symlink to the repository's crds/ (helm follows it and packages the files), so
+    it cannot drift; the test below checks what helm actually makes of it."""
+    link = CHART / "crds"
     assert link.is_symlink() and link.resolve() == CRD_DIR.resolve()
     assert sorted(p.name for p in link.glob("*.yaml")) == sorted(all_crds())
 
 
-def test_rendered_crds_are_crds_plus_the_keep_annotation(helm):
-    text = render_text(helm)
+def test_crds_are_installed_verbatim_from_the_crds_folder(helm, rendered):
+    """`helm show crds` and `helm template --include-crds` give the generated CRDs byte for byte; plain
+    `helm template` renders none (helm installs crds/ itself, before the templates, and never deletes them)."""
+    shown = helm_run(helm, "show", "crds", str(CHART))
+    assert shown.returncode == 0, shown.stderr
+    text = render_text(helm, include_crds=True)
     for name in all_crds():
         original = (CRD_DIR / name).read_text()
-        keep = original.replace("metadata:\n", "metadata:\n  annotations:\n    helm.sh/resource-policy: keep\n", 1)
-        assert keep in text, f"the chart does not render {name} verbatim"
-        rendered = next(d for d in yaml.safe_load_all(text)
-                        if d and d["kind"] == "CustomResourceDefinition"
-                        and d["metadata"]["name"] == yaml.safe_load(original)["metadata"]["name"])
-        expected = yaml.safe_load(original)
-        expected["metadata"]["annotations"] = {"helm.sh/resource-policy": "keep"}
-        assert rendered == expected
-
-
-def test_crds_toggle_and_keep_policy(helm, rendered):
-    assert not _kinds(rendered["monitoring-no-crds-no-runtimes"], "CustomResourceDefinition")
-    no_keep = _kinds(render(helm, {"crds": {"keep": False}}), "CustomResourceDefinition")
-    assert len(no_keep) == 2 and all("annotations" not in d["metadata"] for d in no_keep)
+        assert original.strip() in shown.stdout and original.strip() in text, f"{name} is not rendered verbatim"
+    assert not [d for d in yaml.safe_load_all(render_text(helm)) if d and d["kind"] == "CustomResourceDefinition"]
     # More replicas elect a leader through a Lease (a built-in kind): no other CRDs, no kopf peering.
-    assert {d["metadata"]["name"] for d in _kinds(rendered["replicas"], "CustomResourceDefinition")} == {
-        "finetunejobs.kubetune.io", "clusterfinetuneruntimes.kubetune.io"}
+    for name in ("default", "replicas"):
+        assert {d["metadata"]["name"] for d in _kinds(rendered[name], "CustomResourceDefinition")} == {
+            "finetunejobs.kubetune.io", "clusterfinetuneruntimes.kubetune.io"}
 
 
 def _operator(docs: list[dict]) -> dict:
@@ -270,14 +264,14 @@ def test_presets_are_valid_runtimes_for_each_model_family(rendered):
            "output": {"uri": "/out"}, "runtimeRef": "smollm2-cpu"}
     spec = parse_spec(apply_runtime(job, runtimes["smollm2-cpu"]["spec"], "smollm2-cpu"))
     assert spec.resources.gpus == 0 and spec.method.lora.target_modules == ["q_proj", "v_proj"]
-    assert not _kinds(rendered["monitoring-no-crds-no-runtimes"], "ClusterFineTuneRuntime")
+    assert not _kinds(rendered["monitoring-no-runtimes"], "ClusterFineTuneRuntime")
 
 
 def test_service_monitor_selects_the_metrics_port(rendered):
-    monitor = _one(rendered["monitoring-no-crds-no-runtimes"], "ServiceMonitor")
+    monitor = _one(rendered["monitoring-no-runtimes"], "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    service = _one(rendered["monitoring-no-crds-no-runtimes"], "Service")
+    service = _one(rendered["monitoring-no-runtimes"], "Service")
     assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert not _kinds(rendered["default"], "ServiceMonitor")
 

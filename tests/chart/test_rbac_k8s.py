@@ -85,7 +85,7 @@ def test_chart_objects_exist_and_presets_were_installed(kube_cluster, cluster_wi
     assert set(r.stdout.split()) == {f"clusterfinetuneruntime.kubetune.io/{n}"
                                      for n in ("llama", "mistral", "gemma", "smollm2-cpu")}
     crd = kube_cluster.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/finetunejobs.kubetune.io")
-    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert crd["spec"]["names"]["shortNames"] == ["ftj"]
 
 
 def test_upgrade_keeps_the_progress_key(kube_cluster, helm, cluster_wide):  # noqa: F811
@@ -100,7 +100,7 @@ def test_namespaced_rbac_confines_the_operator_to_its_namespaces(kube_cluster, h
     chart = install_chart(
         kube_cluster, helm, release="ktn", namespace="kubetune-ns",
         values={"rbac": {"namespaced": True}, "watchNamespaces": ["team-a"],
-                "crds": {"enabled": False}, "runtimes": {"enabled": False}},
+                "runtimes": {"enabled": False}},
     )
     denied = [req for req in OPERATOR_REQUESTS if not can_i(kube_cluster, chart.kubeconfig, *req)]
     assert not denied, f"namespaced RBAC denies requests the operator makes in team-a: {denied}"
