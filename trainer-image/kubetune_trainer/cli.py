@@ -50,6 +50,7 @@ def _load(path: Path, termination: str | None):
 def _train(config: str) -> int:
     from .progress import HttpSink, JsonLinesSink, ProgressReporter
     from .runner import run_job, write_termination
+    from .stopping import GracefulStop
 
     termination = os.environ.get(Env.TERMINATION_LOG) or TERMINATION_LOG
     job = _load(Path(config), termination)
@@ -62,7 +63,8 @@ def _train(config: str) -> int:
                               job.metadata.namespace, job.metadata.name))
     print(f"kubetune: {job.metadata.namespace}/{job.metadata.name} attempt {os.environ.get(Env.ATTEMPT, '1')}, "
           f"spec hash {job.spec_hash}", file=sys.stderr)
-    code, result = run_job(job, reporter=ProgressReporter(sinks), work_dir=os.environ.get(Env.WORK_DIR))
+    with GracefulStop().installed() as stop:
+        code, result = run_job(job, reporter=ProgressReporter(sinks), work_dir=os.environ.get(Env.WORK_DIR), stop=stop)
     write_termination(termination, result)
     return int(code)
 

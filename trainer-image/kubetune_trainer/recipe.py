@@ -32,6 +32,7 @@ from .models import (
 )
 from .progress import ProgressReporter
 from .prompting import PromptFormatter, compile_custom, length_stats
+from .stopping import GracefulStop, Interrupted
 from .storage import ArtifactStore, Background, Storage
 
 
@@ -61,9 +62,10 @@ class LoRARecipe:
 
     def __init__(self, job: FineTuneJob, *, manifest_dir: Path | None = None,
                  reporter: ProgressReporter | None = None, work_dir: str | None = None,
-                 levers: Levers | None = None):
+                 levers: Levers | None = None, stop: GracefulStop | None = None):
         self.job, self.spec = job, job.spec
         self.reporter = reporter or ProgressReporter()
+        self.stop = stop or GracefulStop()  # not installed: SIGTERM keeps Python's default
         self.levers = levers or Levers()
         if self.spec.dataset.template == "custom":
             compile_custom(self.spec.dataset.custom_template)
@@ -169,20 +171,25 @@ class LoRARecipe:
         total = self.schedule.total_steps
         self.log.append({"event": "start", "step": start, "attempt": int(os.environ.get(Env.ATTEMPT) or 1),
                          "time": round(time.time(), 3)})
-        self.reporter.start_training(start, total)
-        self.model.train()
-        began = time.monotonic()
-        for step in self.schedule.steps(start):
-            loss = self._train_step(step.micro_batches)
-            lr = self.scheduler.get_last_lr()[0]
-            self.log.append({"event": "step", "step": step.number, "epoch": round(step.epoch, 4),
-                             "loss": round(loss, 6), "learningRate": lr, "tokens": self.last_step_tokens,
-                             "time": round(time.time(), 3)})
-            self.reporter.step(step.number, step.epoch, loss, lr)
-            if self.checkpoints.due(step.number, total):
-                self.checkpoints.save(step.number, self.model, self.optimizer, self.scheduler,
-                                      {"log": self.log, "trainSeconds": self.train_seconds + time.monotonic() - began})
-        self.train_seconds += time.monotonic() - began
+        with self.stop.deferred():
+            self.reporter.start_training(start, total)
+            self.model.train()
+            began = time.monotonic()
+            for step in self.schedule.steps(start):
+                loss = self._train_step(step.micro_batches)
+                lr = self.scheduler.get_last_lr()[0]
+                self.log.append({"event": "step", "step": step.number, "epoch": round(step.epoch, 4),
+                                 "loss": round(loss, 6), "learningRate": lr, "tokens": self.last_step_tokens,
+                                 "time": round(time.time(), 3)})
+                self.reporter.step(step.number, step.epoch, loss, lr)
+                due = self.checkpoints.due(step.number, total)
+                if due or self.stop.requested:
+                    self.checkpoints.save(step.number, self.model, self.optimizer, self.scheduler,
+                                          {"log": self.log, "trainSeconds": self.train_seconds + time.monotonic() - began})
+                if self.stop.requested:
+                    raise Interrupted(f"stopped by SIGTERM after step {step.number} of {total} (pod deleted or node "
+                                      f"drained); checkpoint step-{step.number} saved, the next attempt resumes there")
+            self.train_seconds += time.monotonic() - began
 
     def _resume(self) -> int:
         step = self.checkpoints.latest()

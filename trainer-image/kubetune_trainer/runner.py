@@ -14,16 +14,17 @@ from kubetune_api.status import Reason
 from .artifacts import SUCCESS, artifact_uris, read_completed
 from .errors import TrainerError, classify
 from .progress import ProgressReporter
+from .stopping import GracefulStop
 from .storage import ArtifactStore, Storage
 
 
 def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: ProgressReporter | None = None,
-            work_dir: str | None = None) -> tuple[ExitCode, TrainerResult]:
+            work_dir: str | None = None, stop: GracefulStop | None = None) -> tuple[ExitCode, TrainerResult]:
     """Run the job to completion; never raises for a failure the operator should see."""
     reporter = reporter or ProgressReporter()
     code = ExitCode.OK
     try:
-        result = _run(job, manifest_dir, reporter, work_dir)
+        result = _run(job, manifest_dir, reporter, work_dir, stop)
     except Exception as err:  # noqa: BLE001 - every failure must end as a typed result, bugs included
         typed = classify(err)
         if typed is None:
@@ -38,13 +39,13 @@ def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: Pro
 
 
 def _run(job: FineTuneJob, manifest_dir: Path | None, reporter: ProgressReporter,
-         work_dir: str | None) -> TrainerResult:
+         work_dir: str | None, stop: GracefulStop | None) -> TrainerResult:
     from .recipe import LoRARecipe
 
     store = ArtifactStore(job.artifact_root(), Storage(job.spec.storage.s3, manifest_dir))
     if store.exists(SUCCESS):
         return already_complete(job, store)
-    recipe = LoRARecipe(job, manifest_dir=manifest_dir, reporter=reporter, work_dir=work_dir)
+    recipe = LoRARecipe(job, manifest_dir=manifest_dir, reporter=reporter, work_dir=work_dir, stop=stop)
     try:
         recipe.setup()
         recipe.train()
