@@ -42,7 +42,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -57,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from k8s.cluster import LocalCluster, free_port, missing_tools  # noqa: E402
+from k8s.process import LoggedProcess  # noqa: E402
 
 BIN = Path(sys.executable).parent
 GROUP = "kubetune.io"
@@ -178,10 +178,11 @@ def cpu_seconds(pid: int) -> float:
     return 0.0
 
 
-class Operator:
+class Operator(LoggedProcess):
     """The operator process, started as the chart starts it, with the chart's default settings."""
 
     def __init__(self, cluster: LocalCluster, kubeconfig: Path, log_path: Path):
+        super().__init__(log_path)
         self.progress_port, self.metrics_port, self.liveness_port = free_port(), free_port(), free_port()
         self.env = cluster.env(
             KUBECONFIG=str(kubeconfig),
@@ -190,37 +191,11 @@ class Operator:
             KUBETUNE_PROGRESS_KEY="operator-scale-benchmark-key",
             KUBETUNE_METRICS_PORT=str(self.metrics_port),
         )
-        self.log_path, self.proc = log_path, None
 
     def start(self, timeout: float = 120) -> None:
         argv = [str(BIN / "kopf"), "run", "-m", "kubetune_operator", "--all-namespaces", "--standalone",
                 f"--liveness=http://127.0.0.1:{self.liveness_port}/healthz"]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not _http_ok(f"http://127.0.0.1:{self.progress_port}/healthz"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the operator did not get ready; log: {self.log_path}")
-            time.sleep(0.2)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-
-def _http_ok(url: str) -> bool:
-    with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
-        return r.status == 200
-    return False
+        self.launch(argv, self.env, f"http://127.0.0.1:{self.progress_port}/healthz", timeout)
 
 
 def node_agent_main(kubeconfig: str) -> None:
@@ -339,7 +314,7 @@ class Bench:
             self._ramp(ns, n, op, result)
             self._steady(ns, n, op, steady, result)
         finally:
-            op.stop()
+            op.stop(timeout=30)
             peak = sampler.stop()
         result.rss_peak_mb = peak / 2**20
         self._clean(ns)

@@ -14,11 +14,8 @@ import base64
 import contextlib
 import os
 import re
-import signal
-import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +23,7 @@ import pytest
 
 from k8s.cluster import free_port
 from k8s.fixtures import kube_cluster, kube_namespace, node_agent  # noqa: F401
+from k8s.process import LoggedProcess
 
 from .helm import InstalledChart, install_chart
 
@@ -41,7 +39,7 @@ TRAINER_IMAGE = "registry.example/kubetune/trainer:test"
 DENIED = re.compile(r"forbidden|not enough permissions|failed to post an event", re.IGNORECASE)
 
 
-class ChartOperator:
+class ChartOperator(LoggedProcess):
     """The operator process as the chart's Deployment runs it: the container's command and env from the
     rendered manifest, secretKeyRef and fieldRef resolved as the kubelet would, the chart ServiceAccount's
     kubeconfig standing in for its mounted token. Pods have network namespaces of their own; processes on
@@ -49,7 +47,8 @@ class ChartOperator:
 
     def __init__(self, cluster, chart: InstalledChart, pod_name: str, log_path: Path,
                  ports: dict[int, int] | None = None):
-        self.log_path, self.ports = log_path, ports or {}
+        super().__init__(log_path)
+        self.ports = ports or {}
         deployment = next(d for d in chart.docs if d["kind"] == "Deployment")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         self.argv = [self._port(a) for a in container["command"] + container.get("args", [])]
@@ -62,7 +61,6 @@ class ChartOperator:
         self.env = env
         health = next(p["containerPort"] for p in container["ports"] if p["name"] == "health")
         self.health_url = f"http://127.0.0.1:{self.ports.get(health, health)}/healthz"
-        self.proc: subprocess.Popen | None = None
 
     def _port(self, text: str) -> str:
         for chart_port, own in self.ports.items():
@@ -81,36 +79,8 @@ class ChartOperator:
         return base64.b64decode(secret["data"][ref["key"]]).decode()
 
     def start(self, timeout: float = 60) -> ChartOperator:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not self._healthy():  # what the chart's readiness probe asks
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the operator did not get ready:\n{self.log()[-4000:]}")
-            time.sleep(0.2)
+        self.launch(self.argv, self.env, self.health_url, timeout)  # what the chart's readiness probe asks
         return self
-
-    def _healthy(self) -> bool:
-        with contextlib.suppress(OSError), urllib.request.urlopen(self.health_url, timeout=1) as r:
-            return r.status == 200
-        return False
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +182,7 @@ def test_the_operator_runs_with_only_the_chart_rbac(kube_cluster, helm, kube_nam
         reasons = {(e["involvedObject"]["name"], e["reason"]) for e in events(cluster, ns)
                    if e.get("reportingComponent") == "kubetune-operator"}
         assert {("demo", "PodCreated"), ("demo", "Completed"), ("bad", "InvalidSpec")} <= reasons
-        assert get_job(cluster, ns, "gone") is None and op.proc.poll() is None
+        assert get_job(cluster, ns, "gone") is None and op.alive()
         assert "kubetune operator ready" in op.log()
     assert_no_denials(op)
 

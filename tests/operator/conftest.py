@@ -4,12 +4,7 @@ the CRDs applied, the node agent standing in for the kubelet, and the operator r
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,16 +20,18 @@ if str(TESTS) not in sys.path:
 
 from k8s.cluster import LocalCluster, free_port  # noqa: E402
 from k8s.fixtures import kube_cluster, kube_namespace, node_agent  # noqa: E402, F401
+from k8s.process import LoggedProcess  # noqa: E402
 
 ROOT = TESTS.parent
 BIN = Path(sys.executable).parent
 
 
-class OperatorProcess:
+class OperatorProcess(LoggedProcess):
     """The operator as a real process. `kill()` is SIGKILL (no cleanup at all), `start()` starts it again."""
 
     def __init__(self, cluster: LocalCluster, log_path: Path, **env: str):
-        self.cluster, self.log_path = cluster, log_path
+        super().__init__(log_path)
+        self.cluster = cluster
         self.progress_port, self.metrics_port = free_port(), free_port()
         self.env = cluster.env(
             KUBETUNE_PROGRESS_URL=f"http://127.0.0.1:{self.progress_port}",
@@ -46,7 +43,6 @@ class OperatorProcess:
             KUBETUNE_TRAINER_IMAGE="registry.example/kubetune/trainer:test",
             **env,
         )
-        self.proc: subprocess.Popen | None = None
         self.starts = 0
 
     @property
@@ -55,42 +51,9 @@ class OperatorProcess:
 
     def start(self, argv: list[str] | None = None, timeout: float = 60) -> None:
         argv = argv or [str(BIN / "kubetune-operator"), "--standalone", "--verbose"]
-        with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start {self.starts}: {' '.join(argv)}\n".encode())
-            self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        self.launch(argv, self.env, f"{self.progress_url}/healthz", timeout,
+                    header=f"\n===== start {self.starts}: {' '.join(argv)}\n")
         self.starts += 1
-        deadline = time.monotonic() + timeout
-        while not self._ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the operator exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the operator did not get ready:\n{self.log()[-4000:]}")
-            time.sleep(0.2)
-
-    def _ready(self) -> bool:
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{self.progress_url}/healthz", timeout=1) as r:
-            return r.status == 200
-        return False
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.alive():
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
