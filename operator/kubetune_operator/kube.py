@@ -116,14 +116,17 @@ class Kube:
                 raise ApiError(resp.status, method, path, status.get("reason", ""), status.get("message", text[:500]))
             return json.loads(text) if text else None
 
-    # FineTuneJobs
-    async def get_job(self, namespace: str, name: str) -> dict | None:
+    async def _get_or_none(self, path: str) -> dict | None:
         try:
-            return await self.request("GET", job_path(namespace, name))
+            return await self.request("GET", path)
         except ApiError as err:
             if err.not_found:
                 return None
             raise
+
+    # FineTuneJobs
+    async def get_job(self, namespace: str, name: str) -> dict | None:
+        return await self._get_or_none(job_path(namespace, name))
 
     async def patch_job_status(self, namespace: str, name: str, patch: dict) -> dict:
         """A merge patch of the status subresource. Put metadata.resourceVersion in `patch` to make it
@@ -150,12 +153,7 @@ class Kube:
         return await self.request("POST", core_path(meta["namespace"], _plural(obj)), obj)
 
     async def get(self, namespace: str, kind_plural: str, name: str) -> dict | None:
-        try:
-            return await self.request("GET", core_path(namespace, kind_plural, name))
-        except ApiError as err:
-            if err.not_found:
-                return None
-            raise
+        return await self._get_or_none(core_path(namespace, kind_plural, name))
 
     async def patch(self, namespace: str, kind: str, name: str, patch: dict) -> dict:
         """A merge patch of a Pod, ConfigMap or Secret."""
@@ -177,12 +175,7 @@ class Kube:
 
     # The leader-election Lease (leader.py)
     async def get_lease(self, namespace: str, name: str) -> dict | None:
-        try:
-            return await self.request("GET", lease_path(namespace, name))
-        except ApiError as err:
-            if err.not_found:
-                return None
-            raise
+        return await self._get_or_none(lease_path(namespace, name))
 
     async def create_lease(self, lease: dict) -> dict:
         return await self.request("POST", lease_path(lease["metadata"]["namespace"]), lease)
