@@ -15,10 +15,14 @@ import functools
 import inspect
 
 
+def _causal_lm(model):
+    """The transformers model under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def supports_logits_mask(model) -> bool:
     """Whether the model's forward applies its output layer only at a boolean `logits_to_keep` mask."""
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _supports(type(causal_lm))
+    return _supports(type(_causal_lm(model)))
 
 
 @functools.cache
@@ -36,12 +40,8 @@ def answer_loss(model, batch: dict, answer_logits_only: bool = True):
 
     targets = batch["targets"]
     keep = targets != -100
-    if answer_logits_only:
-        logits = _kept_logits(model, batch)
-    else:
-        inputs = {k: v for k, v in batch.items() if k != "targets"}
-        logits = model(**inputs, use_cache=False).logits[keep]
-    loss = torch.nn.functional.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    logits = _kept_logits(model, batch, logits_mask=answer_logits_only)
+    loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
     return loss, int(keep.sum())
 
 
@@ -68,14 +68,15 @@ def check_packing(model, encoded: list, pad_id: int, device: str) -> None:
         packed, separate = (_kept_logits(model, {k: v.to(device) for k, v in b.items()}) for b in layouts)
     model.train(was_training)
     if (packed - separate).abs().max() > 0.25 * separate.std():
-        name = type(model.get_base_model() if hasattr(model, "get_base_model") else model).__name__
+        name = type(_causal_lm(model)).__name__
         raise ConfigError(f"training.packing: {name} attends across packed examples in this version of "
                           "transformers; set training.packing to false")
 
 
-def _kept_logits(model, batch: dict):
+def _kept_logits(model, batch: dict, logits_mask: bool = True):
+    """fp32 logits at the answer positions; with `logits_mask`, computed only there when the model can."""
     keep = batch["targets"] != -100
     inputs = {k: v for k, v in batch.items() if k != "targets"}
-    if supports_logits_mask(model):
+    if logits_mask and supports_logits_mask(model):
         return model(**inputs, use_cache=False, logits_to_keep=keep).logits.float()
     return model(**inputs, use_cache=False).logits[keep].float()

@@ -182,8 +182,7 @@ class LoRARecipe:
                                  "loss": round(loss, 6), "learningRate": lr, "tokens": self.last_step_tokens,
                                  "time": round(time.time(), 3)})
                 self.reporter.step(step.number, step.epoch, loss, lr)
-                due = self.checkpoints.due(step.number, total)
-                if due or self.stop.requested:
+                if self.checkpoints.due(step.number, total) or self.stop.requested:
                     self.checkpoints.save(step.number, self.model, self.optimizer, self.scheduler,
                                           {"log": self.log, "trainSeconds": self.train_seconds + time.monotonic() - began})
                 if self.stop.requested:
