@@ -4,6 +4,10 @@ Depends only on pydantic and PyYAML, so the operator image (no torch) and the tr
 both import it.
 """
 
+# The release version, one place: pyproject.toml reads it, `kubetune --version` and the operator's startup log
+# print it, and tests/test_lock.py checks that both images' OCI labels and the chart's appVersion agree.
+__version__ = "0.1.0"
+
 from .job import (
     API_VERSION,
     GROUP,
@@ -31,6 +35,7 @@ from .spec import FineTuneJobSpec
 from .status import Condition, ConditionType, FineTuneJobStatus, Reason, derive_phase, set_condition
 
 __all__ = [
+    "__version__",
     "API_VERSION", "GROUP", "KIND", "PLURAL", "RUNTIME_KIND", "RUNTIME_PLURAL", "VERSION",
     "ClusterFineTuneRuntime", "Condition", "ConditionType", "ExitCode", "FineTuneJob", "FineTuneJobSpec",
     "FineTuneJobStatus", "FineTuneRuntimeSpec", "ProgressEvent", "Reason", "SpecError", "TrainerResult",

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_api import GROUP, PLURAL, RUNTIME_PLURAL, VERSION
+from kubetune_api import GROUP, PLURAL, RUNTIME_PLURAL, VERSION, __version__
 
 from . import metrics, progress
 from .builders import JOB_LABEL
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     configure_kopf(settings)
+    log.info("kubetune operator %s starting", __version__)
     config = Settings.from_env()
     if config.progress_key_generated:
         log.warning(

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from kubetune_api import GROUP
+from kubetune_api import GROUP, __version__
 
 from .builders import JOB_LABEL
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRAINER_IMAGE = "ghcr.io/kubetune/trainer:0.1.0"
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/trainer:{__version__}"
 
 
 class SettingsError(ValueError):

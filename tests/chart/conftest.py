@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -37,18 +38,22 @@ def helm() -> Path:
 
 def _checkov() -> Path | None:
     """checkov lives in its own virtualenv: installed into the project's, it downgrades packaging, boto3 and
-    networkx below what pytest, the trainer and torch need. Created on first use (needs PyPI), then cached."""
+    networkx below what pytest, the trainer and torch need. Installed from its hash-pinned lock
+    (requirements/checkov.txt) on first use (needs PyPI), cached under a name keyed by that lock's hash, so
+    `make lock` bringing a new checkov builds a new venv instead of reusing a stale one."""
     explicit = os.environ.get("KUBETUNE_CHECKOV") or shutil.which("checkov")
     if explicit:
         return Path(explicit)
-    venv = CACHE / "checkov-venv"
+    lock = Path(__file__).resolve().parents[2] / "requirements" / "checkov.txt"
+    venv = CACHE / f"checkov-venv-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
     binary = venv / "bin" / "checkov"
     if not binary.exists():
         try:
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "checkov>=3.2"], check=True,
-                           capture_output=True, timeout=900)
+            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "-r", str(lock)],
+                           check=True, capture_output=True, timeout=900)
         except (subprocess.SubprocessError, OSError):
+            shutil.rmtree(venv, ignore_errors=True)  # a half-built venv would be taken as cached next time
             return None
     return binary if binary.exists() else None
 

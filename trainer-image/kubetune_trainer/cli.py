@@ -12,12 +12,14 @@ import os
 import sys
 from pathlib import Path
 
+from kubetune_api import __version__
 from kubetune_api.job import FineTuneJob, SpecError, load_manifest
 from kubetune_api.results import DEFAULT_CONFIG_PATH, TERMINATION_LOG, Env, ExitCode, TrainerResult
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubetune", description="LoRA/QLoRA fine-tuning of open LLMs.")
+    parser.add_argument("--version", action="version", version=f"kubetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a FineTuneJob manifest on this machine")
     run.add_argument("manifest", help="path of a FineTuneJob YAML file")
