@@ -6,7 +6,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 UV_VERSION := 0.13.9
 UV_VENV ?= $(HOME)/.cache/kubetune/uv-$(UV_VERSION)
 
-.PHONY: install run-example test lint crds lock
+.PHONY: install run-example test lint crds lock lock-upgrade
 
 $(VENV)/.installed: requirements/dev.txt requirements/bundled-model.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,7 +36,14 @@ lint: $(VENV)/.installed
 crds: $(VENV)/.installed
 	$(VENV)/bin/kubetune-crd
 
-## Re-resolve every lock in requirements/ from pyproject.toml (after changing a dependency there).
-lock:
-	test -x $(UV_VENV)/bin/uv || (python3 -m venv $(UV_VENV) && $(UV_VENV)/bin/pip install -q uv==$(UV_VERSION))
+## Re-resolve every lock in requirements/ from pyproject.toml (after changing a dependency there); pins
+## that still fit are kept. lock-upgrade moves every package to the newest version pyproject allows.
+$(UV_VENV)/bin/uv:
+	python3 -m venv $(UV_VENV)
+	$(UV_VENV)/bin/pip install -q uv==$(UV_VERSION)
+
+lock: $(UV_VENV)/bin/uv
 	python3 requirements/lock.py --uv $(UV_VENV)/bin/uv
+
+lock-upgrade: $(UV_VENV)/bin/uv
+	python3 requirements/lock.py --uv $(UV_VENV)/bin/uv --upgrade

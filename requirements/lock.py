@@ -114,7 +114,7 @@ def _dev_constraints(tmp: Path) -> Path:
     return path
 
 
-def compile_target(uv: str, target: Target, tmp: Path) -> None:
+def compile_target(uv: str, target: Target, tmp: Path, upgrade: bool = False) -> None:
     inputs = tmp / f"{target.file}.in"
     inputs.write_text("\n".join(project_requirements(target)) + "\n")
     out = HERE / target.file
@@ -126,6 +126,10 @@ def compile_target(uv: str, target: Target, tmp: Path) -> None:
         cmd += ["--constraint", str(_dev_constraints(tmp))]
     if target.no_deps:
         cmd += ["--no-deps"]
+    if upgrade:
+        cmd += ["--upgrade"]
+    elif out.exists():  # uv keeps the pins of an existing output file where they still fit: minimal churn
+        (tmp / target.file).write_text(out.read_text())
     subprocess.run(cmd, check=True)
     body = (tmp / target.file).read_text()
     body = body.replace(str(inputs), "pyproject.toml").replace(str(tmp) + "/", "")
@@ -140,10 +144,12 @@ def compile_target(uv: str, target: Target, tmp: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uv", default="uv", help="the uv binary (make lock installs a pinned one)")
+    parser.add_argument("--upgrade", action="store_true",
+                        help="re-resolve every package to the newest allowed (default: keep pins that still fit)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         for target in TARGETS:  # dev.txt first: the image locks are constrained by it
-            compile_target(args.uv, target, Path(tmp))
+            compile_target(args.uv, target, Path(tmp), args.upgrade)
     return 0
 
 
