@@ -68,6 +68,8 @@ class TrainerResult(ApiModel):
     gate_passed: bool | None = Field(default=None, description="Result of evaluation.gate and regression; null when none.")
     gate_message: str | None = Field(default=None, description="Why the gate passed or failed.")
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artefact URIs by name.")
+    step: int | None = Field(default=None, description="Optimizer steps done, for a status written after the fact.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
 
     def to_termination_message(self) -> str:
         """Serialise within Kubernetes' 4 KiB limit, shortening the message first if needed."""

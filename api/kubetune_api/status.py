@@ -32,6 +32,10 @@ class Reason:
     POD_SCHEDULED = "PodScheduled"
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULL_FAILED = "ImagePullFailed"
+    SECRET_NOT_FOUND = "SecretNotFound"  # a Secret (or a key of it) the pod's env names does not exist
+    CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # any other CreateContainerConfigError of the kubelet
+    POD_REJECTED = "PodRejected"  # the API server refused the trainer pod (422 Invalid)
+    NODE_NOT_READY = "NodeNotReady"  # the pod's node stopped reporting Ready
     TRAINING = "Training"
     WAITING = "Waiting"
     BACKOFF = "BackoffBeforeRetry"
@@ -100,6 +104,11 @@ class FineTuneJobStatus(ApiModel):
     phase: Phase | None = Field(default=None, description="Pending, Running, Suspended, Succeeded or Failed (derived).")
     observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
     spec_hash: str | None = Field(default=None, description="Hash of the spec fields that change the result.")
+    run: int = Field(
+        default=0, description="Runs started: 1 for the first spec, one more for each spec change that starts a "
+        "new run. Run 1's pods are <name>-<attempt>, run n's <name>-r<n>-<attempt>."
+    )
+    run_start_time: str | None = Field(default=None, description="When this run was asked for (RFC 3339).")
     attempts: int = Field(default=0, description="Trainer pods started for this spec hash.")
     retries: int = Field(
         default=0, description="Failed attempts retried so far; suspension and resumption do not count."

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 JOB_LABEL = f"{GROUP}/job-name"
 ATTEMPT_LABEL = f"{GROUP}/attempt"
 HASH_LABEL = f"{GROUP}/spec-hash"
+RUN_LABEL = f"{GROUP}/run"
 # Kueue admits workloads by this label; it is copied from the FineTuneJob to its pods.
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "trainer"
@@ -31,8 +32,10 @@ TRAINER_UID = 1000
 GRACE_SECONDS = 60
 
 
-def pod_name(job_name: str, attempt: int) -> str:
-    return f"{job_name}-{attempt}"
+def pod_name(job_name: str, attempt: int, run: int = 1) -> str:
+    """`<name>-<attempt>` in the first run, `<name>-r<run>-<attempt>` after a spec change: a new run never
+    takes the name (nor deletes the pod and logs) of an earlier run's pod."""
+    return f"{job_name}-{attempt}" if run <= 1 else f"{job_name}-r{run}-{attempt}"
 
 
 def config_map_name(job_name: str) -> str:
@@ -43,8 +46,8 @@ def progress_secret_name(job_name: str) -> str:
     return f"{job_name}-progress"
 
 
-def labels(job: FineTuneJob, attempt: int | None = None) -> dict[str, str]:
-    """Labels of every object made for `job`; pods also carry their attempt."""
+def labels(job: FineTuneJob, attempt: int | None = None, run: int = 1) -> dict[str, str]:
+    """Labels of every object made for `job`; pods also carry their run and attempt."""
     out = {
         "app.kubernetes.io/name": "kubetune",
         "app.kubernetes.io/instance": job.metadata.name,
@@ -55,6 +58,7 @@ def labels(job: FineTuneJob, attempt: int | None = None) -> dict[str, str]:
         HASH_LABEL: job.spec_hash,
     }
     if attempt is not None:
+        out[RUN_LABEL] = str(run)
         out[ATTEMPT_LABEL] = str(attempt)
     queue = (getattr(job.metadata, "labels", None) or {}).get(QUEUE_LABEL)
     if queue:
@@ -74,11 +78,11 @@ def owner_reference(job: FineTuneJob) -> dict[str, Any]:
     }
 
 
-def _metadata(job: FineTuneJob, name: str, attempt: int | None = None) -> dict[str, Any]:
+def _metadata(job: FineTuneJob, name: str, attempt: int | None = None, run: int = 1) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": job.metadata.namespace,
-        "labels": labels(job, attempt),
+        "labels": labels(job, attempt, run),
         "ownerReferences": [owner_reference(job)],
     }
 
@@ -216,10 +220,10 @@ def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[
 
 
 def build_trainer_pod(
-    job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None
+    job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None, run: int = 1
 ) -> dict[str, Any]:
-    """The trainer pod `<name>-<attempt>`. `active_deadline_seconds` is what is left of the job's
-    activeDeadlineSeconds (the caller knows the clock; this function does not)."""
+    """The trainer pod of `attempt` in `run` (`pod_name`). `active_deadline_seconds` is what is left of the
+    job's activeDeadlineSeconds (the caller knows the clock; this function does not)."""
     volumes, mounts = _volumes(job)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -245,6 +249,6 @@ def build_trainer_pod(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _metadata(job, pod_name(job.metadata.name, attempt), attempt),
+        "metadata": _metadata(job, pod_name(job.metadata.name, attempt, run), attempt, run),
         "spec": spec,
     }

@@ -17,7 +17,8 @@ WARNING_REASONS = frozenset({
     Reason.INVALID_SPEC, Reason.RUNTIME_NOT_FOUND, Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED,
     Reason.DATA_INVALID, Reason.ACCESS_DENIED, Reason.NOT_FOUND, Reason.OOM_KILLED, Reason.PREEMPTED,
     Reason.DEADLINE_EXCEEDED, Reason.RETRIES_EXHAUSTED, Reason.TRAINER_ERROR, Reason.POD_DELETED,
-    Reason.BACKOFF, Reason.GATE_FAILED,
+    Reason.BACKOFF, Reason.GATE_FAILED, Reason.SECRET_NOT_FOUND, Reason.CONTAINER_CONFIG_ERROR, Reason.POD_REJECTED,
+    Reason.NODE_NOT_READY,
 })
 # Metrics worth a place in the one-line summary, in order of preference after the gate's metric.
 SUMMARY_METRICS = ("evalLoss", "rougeL", "exactMatch", "perplexity", "bleu", "chrf", "rouge1", "rouge2")

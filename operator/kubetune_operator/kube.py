@@ -173,6 +173,17 @@ class Kube:
             raise
         return True
 
+    async def create_event(self, event: dict) -> bool:
+        """POST an Event; False when one of that name exists (it was posted already: names are
+        deterministic, events.py)."""
+        try:
+            await self.request("POST", core_path(event["metadata"]["namespace"], "events"), event)
+        except ApiError as err:
+            if err.reason == "AlreadyExists":
+                return False
+            raise
+        return True
+
     # The leader-election Lease (leader.py)
     async def get_lease(self, namespace: str, name: str) -> dict | None:
         return await self._get_or_none(lease_path(namespace, name))

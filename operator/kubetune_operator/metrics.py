@@ -16,7 +16,8 @@ RECONCILE_ERRORS = Counter(
     ["kind"],
 )
 CREATION_TO_POD = Histogram(
-    "kubetune_job_creation_to_pod_seconds", "Seconds from a FineTuneJob's creation to its first trainer pod.",
+    "kubetune_job_creation_to_pod_seconds",
+    "Seconds from the start of a FineTuneJob's run (its creation, or the spec change) to the run's first pod.",
     buckets=(0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
 PROGRESS_REPORTS = Counter(

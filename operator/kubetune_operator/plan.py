@@ -20,6 +20,7 @@ from kubetune_api import ConditionType as C
 from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
 from kubetune_api.status import Artifacts, Progress, is_true, now_rfc3339
 
+from . import stuck
 from .builders import pod_name
 from .conditions import Event, eval_summary, headline, parse_time, read_status, transition_events
 from .observe import PodView, Stage, view_pod
@@ -36,6 +37,8 @@ class Observed:
     now: datetime
     progress: Progress | None = None  # the trainer's latest report, when it may be written now
     runtime: dict[str, Any] | None = None  # spec of the ClusterFineTuneRuntime named by spec.runtimeRef
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node name -> its Ready condition
+    rejected: str | None = None  # the API server refused the pod this plan would create (its message)
 
 
 @dataclass
@@ -43,6 +46,8 @@ class Plan:
     job: FineTuneJob | None
     status: dict[str, Any] = field(default_factory=dict)  # the whole desired status (wire form)
     create_attempt: int | None = None  # create pod <name>-<n> (with its ConfigMap and Secret) first
+    run: int = 1  # the run the pod to create belongs to
+    run_start: str | None = None  # when the run of a first attempt was asked for (the start-up metric)
     deadline_left: int | None = None  # seconds of activeDeadlineSeconds left, for the new pod
     delete: list[str] = field(default_factory=list)  # pod names
     cleanup: bool = False  # ttlSecondsAfterFinished passed: delete every child, keep the job
@@ -142,8 +147,10 @@ class _Planner:
                 run_hash = self.st.spec_hash
             else:
                 self.new_run(run_hash)
-        self.delete([v for v in self.views if v.spec_hash != run_hash])  # their names are reused
-        self.mine = {v.attempt: v for v in self.views if v.spec_hash == run_hash}
+        self.st.run = max(self.st.run, 1)  # a status from before run numbers: run 1
+        self.mine = {v.attempt: v for v in self.views if (v.spec_hash, v.run) == (run_hash, self.st.run)}
+        # An earlier run's pod may still be running a stale spec; finished ones stay for `kubectl logs`.
+        self.delete([v for v in self.views if v.active and v not in self.mine.values()])
         if not self.finished():
             self.adopt()
             self.step(job)
@@ -170,6 +177,12 @@ class _Planner:
         self.st.attempts = self.st.retries = 0
         self.st.metrics, self.st.base_metrics = {}, {}
         self.st.spec_hash = run_hash
+        # A new run number (and pod names): an operator restart before this status is written plans the
+        # same number again from the same stored status, so a pod created meanwhile is adopted.
+        first = self.st.run == 0
+        self.st.run += 1
+        created = (self.obs.body.get("metadata") or {}).get("creationTimestamp")
+        self.st.run_start_time = (created if first else None) or self.stamp
 
     def settle(self, job: FineTuneJob) -> None:
         """A finished job: nothing may run; its children go once ttlSecondsAfterFinished has passed."""
@@ -182,7 +195,7 @@ class _Planner:
             self.out.wait(left)
         else:
             self.out.cleanup = True
-            self.delete(list(self.mine.values()))
+            self.delete(list(self.views))
 
     def adopt(self) -> None:
         """A pod of a newer attempt than the status records was created just before an operator restart."""
@@ -218,7 +231,7 @@ class _Planner:
         else:
             if is_true(self.st.conditions, C.SUSPENDED):
                 self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resumed")
-            self.watch(pod)
+            self.watch(job, pod)
 
     # -------------------------------------------------------------- transitions
 
@@ -226,11 +239,16 @@ class _Planner:
         """Create the next pod, but never while another pod of this job may still be running, and never
         under a name a pod being deleted still holds."""
         attempt = self.st.attempts + 1
-        name = pod_name(job.metadata.name, attempt)
+        name = pod_name(job.metadata.name, attempt, self.st.run)
         if self.out.delete or self.orphans or any(v.active or v.deleting for v in self.views):
             self.out.wait(RECHECK_SECONDS)
             return
-        self.out.create_attempt = attempt
+        if self.obs.rejected is not None:
+            self.reject(name, self.obs.rejected)
+            return
+        self.out.create_attempt, self.out.run = attempt, self.st.run
+        if attempt == 1:
+            self.out.run_start = self.st.run_start_time
         self.st.attempts, self.st.pod_name, self.st.next_attempt_time = attempt, name, None
         if resume:
             # As for Kubernetes Jobs, the activeDeadlineSeconds clock restarts on resumption.
@@ -243,7 +261,7 @@ class _Planner:
         if deadline:
             self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
 
-    def watch(self, pod: PodView) -> None:
+    def watch(self, job: FineTuneJob, pod: PodView) -> None:
         """Conditions of a pod that has not ended."""
         if pod.stage in (Stage.PENDING, Stage.UNSCHEDULABLE):
             if pod.stage is Stage.UNSCHEDULABLE:
@@ -256,8 +274,13 @@ class _Planner:
             self.out.wait(RECHECK_SECONDS)
             return
         self.cond(C.SCHEDULED, True, Reason.POD_SCHEDULED, f"pod {pod.name} is on node {pod.node}")
-        if pod.stage is Stage.IMAGE_PULL:
-            self.image_pull(pod)
+        ready = self.obs.nodes.get(pod.node or "")
+        if ready is not None and ready.get("status") != "True":
+            self.cond(C.RUNNING, "Unknown", Reason.NODE_NOT_READY, stuck.node_not_ready(pod, ready))
+        elif pod.stage is Stage.IMAGE_PULL:
+            self.give_up_after_grace(pod, stuck.image_pull(pod, self.grace))
+        elif pod.stage is Stage.CONFIG_ERROR:
+            self.give_up_after_grace(pod, stuck.config_error(job, pod, self.grace))
         elif pod.stage is Stage.STARTING:
             self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} is starting")
         else:
@@ -265,17 +288,20 @@ class _Planner:
             if self.obs.progress is not None:
                 self.st.progress = self.obs.progress
 
-    def image_pull(self, pod: PodView) -> None:
+    def give_up_after_grace(self, pod: PodView, how: stuck.Stuck) -> None:
+        """A pod the kubelet cannot start (stuck.py): wait out the grace period, then fail for good."""
         waited = self.seconds_since(pod.created) if pod.created else 0.0
-        detail = f"{pod.reason}: {pod.message}".rstrip(": ")
         if waited >= self.grace:
-            self.fail(Reason.IMAGE_PULL_FAILED, f"pod {pod.name} could not pull its image for {waited:.0f}s: {detail}")
+            self.fail(how.reason, f"{how.failed}; gave up after {waited:.0f}s")
         else:
-            # Not the kubelet's text: it alternates between ErrImagePull and ImagePullBackOff, and a message
-            # that flips every few seconds would be a status patch every few seconds.
-            self.cond(C.RUNNING, False, Reason.WAITING,
-                      f"pod {pod.name} cannot pull its image yet; the job fails after {self.grace:.0f}s of this")
+            self.cond(C.RUNNING, False, Reason.WAITING if how.reason == Reason.IMAGE_PULL_FAILED else how.reason,
+                      how.waiting)
             self.out.wait(self.grace - waited)
+
+    def reject(self, name: str, message: str) -> None:
+        """The API server refused the pod (422 Invalid): no retry can help; the next spec edit starts a run."""
+        self.fail(Reason.POD_REJECTED, f"the API server rejected pod {name}: {message}")
+        self.st.spec_hash = None  # as for InvalidSpec: whatever spec comes next starts a new run
 
     def suspend(self) -> None:
         self.delete([v for v in self.mine.values() if v.active])
@@ -300,6 +326,16 @@ class _Planner:
         """An attempt ended in failure: retry with exponential backoff, or fail the job."""
         attempt, policy = self.st.attempts, job.spec.failure_policy
         what = f"attempt {attempt} failed with {reason}: {message}"
+        if reason == Reason.PREEMPTED:
+            # A disruption (eviction, drain, preemption, a pod deleted by someone else) is not the trainer's
+            # failure: like a Job's podFailurePolicy Ignore for DisruptionTarget, it uses no retry. The
+            # trainer checkpointed on SIGTERM, and the next attempt resumes there. nextAttemptTime marks it
+            # as accounted for, should the pod creation wait.
+            self.st.next_attempt_time = self.stamp
+            self.out.events.append(Event("Warning", reason, f"attempt {attempt} was disrupted ({message}); "
+                                                            "starting the next attempt, no retry used"))
+            self.start_attempt(job)
+            return
         if not retryable:
             self.fail(reason, what)
         elif self.st.retries >= policy.max_retries:
@@ -328,7 +364,10 @@ class _Planner:
         self.cond(C.RUNNING, False, Reason.COMPLETED, f"pod {pod.name} completed")
         self.st.completion_time, self.st.next_attempt_time = pod.finished or self.stamp, None
         progress = self.obs.progress or self.st.progress or Progress()
-        self.st.progress = progress.model_copy(update={"percent": 100, "stage": "done"})
+        done: dict[str, Any] = {"percent": 100, "stage": "done"}
+        if result is not None and result.step is not None:  # the last reports may never have reached us
+            done.update(step=max(progress.step, result.step), total_steps=result.total_steps or progress.total_steps)
+        self.st.progress = progress.model_copy(update=done)
         if result is None:
             self.cond(C.EVALUATION_PASSED, "Unknown", Reason.COMPLETED, "the trainer reported no result")
             return

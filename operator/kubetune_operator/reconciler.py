@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
-import kopf
 
 from . import metrics
 from .builders import (
@@ -38,6 +38,7 @@ from .builders import (
     progress_secret_name,
 )
 from .conditions import merge_patch, parse_time
+from .events import build_event
 from .kube import ApiError, Kube
 from .plan import Observed, Plan, plan
 from .progress import Key, ProgressStore, progress_token
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 # instead of bursting.
 MAX_CONCURRENT_WRITES = 16
 MAX_ERROR_BACKOFF = 60.0
-EventPoster = Callable[..., None]  # kopf.event's signature: (body, *, type, reason, message)
 
 
 def newest_version(objects: Iterable[dict[str, Any]]) -> str:
@@ -67,14 +67,18 @@ class StaleChild(ApiError):
     our next plan, removes it)."""
 
 
+class PodRejected(ApiError):
+    """The API server refused the trainer pod as invalid (422): no retry can make it valid."""
+
+
 class Reconciler:
-    def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, post_event: EventPoster = kopf.event,
-                 active: bool = True):
-        self.kube, self.settings, self.store, self.post_event = kube, settings, store, post_event
+    def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, active: bool = True):
+        self.kube, self.settings, self.store = kube, settings, store
         self.active = active  # False on a standby replica (leader.py)
         self.jobs: dict[Key, dict[str, Any]] = {}  # latest body seen per job
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # pods per job, by name
         self.runtimes: dict[str, dict[str, Any]] = {}  # ClusterFineTuneRuntime specs by name
+        self.nodes: dict[str, dict[str, Any]] = {}  # each node's Ready condition, by node name
         self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._again: set[Key] = set()
@@ -124,6 +128,23 @@ class Reconciler:
             self.runtimes[name] = copy.deepcopy(body.get("spec") or {})
         for key, job in self.jobs.items():
             if (job.get("spec") or {}).get("runtimeRef") == name:
+                self.request(key)
+
+    def node_event(self, kind: str | None, body: dict[str, Any]) -> None:
+        """A node's Ready condition; a change of its status wakes the jobs with a pod on that node."""
+        name = body["metadata"]["name"]
+        conditions = (body.get("status") or {}).get("conditions") or []
+        ready = {} if kind == "DELETED" else next((c for c in conditions if c.get("type") == "Ready"), {})
+        ready = {k: ready.get(k) for k in ("status", "reason", "message", "lastTransitionTime")} if ready else {}
+        before = self.nodes.get(name)
+        if kind == "DELETED":
+            self.nodes.pop(name, None)
+        else:
+            self.nodes[name] = ready
+        if (before or {}).get("status") == (ready or {}).get("status"):
+            return
+        for key, pods in self.pods.items():
+            if key in self.jobs and any((p.get("spec") or {}).get("nodeName") == name for p in pods.values()):
                 self.request(key)
 
     def uid_of(self, namespace: str, name: str) -> str | None:
@@ -244,7 +265,9 @@ class Reconciler:
         ref = (body.get("spec") or {}).get("runtimeRef")
         runtime = self.runtimes.get(ref) if ref else None
         now = datetime.now(timezone.utc)
-        return Observed(body=body, pods=pods, now=now, progress=progress, runtime=runtime), progress
+        on = {(p.get("spec") or {}).get("nodeName") for p in pods}
+        nodes = {n: self.nodes[n] for n in on if n in self.nodes and self.nodes[n]}
+        return Observed(body=body, pods=pods, now=now, progress=progress, runtime=runtime, nodes=nodes), progress
 
     def _writes_needed(self, body: dict[str, Any], p: Plan) -> bool:
         uid = body["metadata"].get("uid", "")
@@ -282,7 +305,12 @@ class Reconciler:
                 self.pods[key] = {pod["metadata"]["name"]: pod for pod in pods}
             obs, progress = self._observe(fresh, pods, key)
             p = plan(obs, self.settings.image_pull_grace)
-            await self._execute(key, fresh, obs.now, p)
+            try:
+                await self._execute(key, fresh, obs.now, p)
+            except PodRejected as err:
+                # Planned again with the refusal observed: the job fails, with the API server's words.
+                p = plan(dataclasses.replace(obs, rejected=err.message), self.settings.image_pull_grace)
+                await self._execute(key, fresh, obs.now, p)
         if progress is not None:
             self.store.written(key, progress)
         return self._next(key, p)
@@ -295,14 +323,14 @@ class Reconciler:
             await self._create_attempt(body, now, p)
         patch = merge_patch(body.get("status") or {}, p.status)
         if patch:
-            updated = await self.kube.patch_job_status(
+            # Events first, under names derived from their transition (events.py): one that a crash or a 409
+            # keeps from being recorded is planned and posted again, and a repeat answers AlreadyExists.
+            for event in p.events:
+                if await self.kube.create_event(build_event(body, p.status, event, now)):
+                    log.info("FineTuneJob %s/%s: %s %s", namespace, name, event.reason, event.message)
+            self.jobs[key] = await self.kube.patch_job_status(
                 namespace, name, {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": patch}
             )
-            self.jobs[key] = updated
-            for event in p.events:
-                self.post_event(updated, type=event.type, reason=event.reason, message=event.message)
-            for event in p.events:
-                log.info("FineTuneJob %s/%s: %s %s", namespace, name, event.reason, event.message)
         for pod in p.delete:
             await self.kube.delete(namespace, "pods", pod)
         uid = body["metadata"].get("uid", "")
@@ -320,10 +348,16 @@ class Reconciler:
             meta = body["metadata"]
             token = progress_token(self.settings.progress_key, meta["namespace"], meta["name"], meta["uid"])
             await self._ensure(build_progress_secret(job, token))
-        pod = build_trainer_pod(job, attempt, self.settings, p.deadline_left)
-        if await self._ensure(pod) and attempt == 1:
-            created = parse_time(body["metadata"]["creationTimestamp"])
-            metrics.CREATION_TO_POD.observe(max(0.0, (now - created).total_seconds()))
+        pod = build_trainer_pod(job, attempt, self.settings, p.deadline_left, p.run)
+        try:
+            created = await self._ensure(pod)
+        except ApiError as err:
+            if err.status == 422:
+                raise PodRejected(err.status, "POST", pod["metadata"]["name"], err.reason, err.message) from err
+            raise
+        if created and attempt == 1:
+            start = parse_time(p.run_start or body["metadata"]["creationTimestamp"])
+            metrics.CREATION_TO_POD.observe(max(0.0, (now - start).total_seconds()))
 
     async def _ensure(self, obj: dict[str, Any]) -> bool:
         """Create `obj`; True if this call created it. AlreadyExists is success: a ConfigMap or Secret is

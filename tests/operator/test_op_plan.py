@@ -5,11 +5,24 @@ from __future__ import annotations
 
 import copy
 
-from opkit import MINIMAL_SPEC, UID, at, job_body, pod, result_message, running, stamp, terminated
+from opkit import (
+    MINIMAL_SPEC,
+    SETTINGS,
+    UID,
+    at,
+    job_body,
+    parsed,
+    pod,
+    result_message,
+    running,
+    stamp,
+    terminated,
+)
 
 from kubetune_api import ConditionType as C
 from kubetune_api import Reason
 from kubetune_api.status import get_condition
+from kubetune_operator.builders import build_trainer_pod
 from kubetune_operator.conditions import merge_patch, read_status
 from kubetune_operator.plan import Observed, plan
 from kubetune_operator.progress import to_status
@@ -24,7 +37,8 @@ def reconcile(body, pods=(), now=0.0, **kw):
     after["status"] = p.status
     if p.create_attempt is None and not p.delete and p.requeue_after != 0:
         # Level-triggered: planning again on what was just written finds nothing to do.
-        again = plan(Observed(body=after, pods=list(pods), now=at(now), runtime=kw.get("runtime")), GRACE)
+        again = plan(Observed(body=after, pods=list(pods), now=at(now), runtime=kw.get("runtime"),
+                              nodes=kw.get("nodes") or {}), GRACE)
         assert merge_patch(after["status"], again.status) == {} and again.events == []
     return p, after
 
@@ -315,13 +329,130 @@ def test_a_restarted_operator_adopts_the_pod_it_created():
     assert body["status"]["retries"] == 1
 
 
-def test_a_pod_deleted_out_from_under_the_job_is_a_preemption():
+def test_a_pod_deleted_out_from_under_the_job_uses_no_retry():
+    """A disruption (here: the pod vanished) is not the trainer's failure: the next attempt starts at once
+    and failurePolicy.maxRetries is untouched, even when it is 0."""
     body = started()
+    body["spec"]["failurePolicy"] = {"maxRetries": 0}
     _, body = reconcile(body, [running(body, 1)], now=5)
     p, body = reconcile(body, [], now=8)
-    assert body["status"]["retries"] == 1 and cond(body, C.RUNNING).reason == Reason.BACKOFF
-    assert "Preempted" in cond(body, C.RUNNING).message
-    assert ("Warning", Reason.PREEMPTED) in [(e.type, e.reason) for e in p.events]
+    assert p.create_attempt == 2 and body["status"]["retries"] == 0 and body["status"]["podName"] == "demo-2"
+    warning = next(e for e in p.events if e.reason == Reason.PREEMPTED)
+    assert warning.type == "Warning" and "no retry used" in warning.message and "demo-1" in warning.message
+
+
+def test_an_eviction_or_a_disruption_target_pod_uses_no_retry():
+    for failed in (lambda b: pod(b, 1, "Failed", reason="Evicted", message="The node was low on resource: memory."),
+                   lambda b: terminated(b, 1, 143, conditions=[{"type": "DisruptionTarget", "status": "True",
+                                                                "reason": "EvictionByEvictionAPI",
+                                                                "message": "Eviction API: evicting"}])):
+        body = started()
+        body["spec"]["failurePolicy"] = {"maxRetries": 0}
+        p, body = reconcile(body, [failed(body)], now=8)
+        assert p.create_attempt == 2 and body["status"]["retries"] == 0 and not cond(body, C.FAILED)
+
+
+def test_oom_names_the_limit_and_what_to_try():
+    body = job_body({**MINIMAL_SPEC, "resources": {"memory": "3Gi"}, "failurePolicy": {"maxRetries": 0}})
+    _, body = reconcile(body)
+    p, body = reconcile(body, [terminated(body, 1, 137, "OOMKilled")], now=30)
+    failed = cond(body, C.FAILED)
+    assert failed.reason == Reason.RETRIES_EXHAUSTED and "OOMKilled" in failed.message
+    for words in ("memory limit of 3Gi", "spec.resources.memory", "qlora", "training.batchSize",
+                  "training.maxSeqLength", "gradientCheckpointing"):
+        assert words in failed.message
+
+
+def test_a_missing_secret_is_reported_then_fails_after_the_grace_period():
+    spec = {**MINIMAL_SPEC, "storage": {"s3": {"secretRef": {"name": "s3-creds"}}}}
+    body = job_body(spec)
+    _, body = reconcile(body)
+    stuck = pod(body, 1, created=1, container={"waiting": {"reason": "CreateContainerConfigError",
+                                                           "message": 'secret "s3-creds" not found'}})
+    p, body = reconcile(body, [stuck], now=10)
+    running_cond = cond(body, C.RUNNING)
+    assert (running_cond.status, running_cond.reason) == ("False", Reason.SECRET_NOT_FOUND)
+    assert "Secret s3-creds (named by spec.storage.s3.secretRef) does not exist" in running_cond.message
+    assert ("Warning", Reason.SECRET_NOT_FOUND) in [(e.type, e.reason) for e in p.events]
+    assert p.requeue_after == 1 + GRACE - 10 and not cond(body, C.FAILED)
+    p, body = reconcile(body, [stuck], now=1 + GRACE)
+    failed = cond(body, C.FAILED)
+    assert failed.reason == Reason.SECRET_NOT_FOUND and "spec.storage.s3.secretRef" in failed.message
+    assert p.delete == ["demo-1"] and body["status"]["retries"] == 0
+
+
+def test_a_secret_without_the_key_names_the_key():
+    spec = {**MINIMAL_SPEC, "model": {"uri": "hf://org/m", "secretRef": {"name": "hub", "key": "token"}}}
+    body = job_body(spec)
+    _, body = reconcile(body)
+    stuck = pod(body, 1, created=1, container={"waiting": {
+        "reason": "CreateContainerConfigError", "message": "couldn't find key token in Secret team-a/hub"}})
+    _, body = reconcile(body, [stuck], now=1 + GRACE)
+    failed = cond(body, C.FAILED)
+    assert failed.reason == Reason.SECRET_NOT_FOUND
+    assert "Secret hub (named by spec.model.secretRef) has no key token" in failed.message
+
+
+def test_a_pod_the_api_server_rejects_fails_the_job_at_once_and_an_edit_starts_a_run():
+    body = job_body()
+    p, after = reconcile(body, rejected='Pod "demo-1" is invalid: spec.affinity: Invalid value')
+    failed = cond(after, C.FAILED)
+    assert p.create_attempt is None and failed.reason == Reason.POD_REJECTED
+    assert 'Pod "demo-1" is invalid: spec.affinity' in failed.message and after["status"]["attempts"] == 0
+    p, same = reconcile(after, now=5)
+    assert p.create_attempt is None and cond(same, C.FAILED).reason == Reason.POD_REJECTED
+    edited = copy.deepcopy(after)
+    edited["metadata"]["generation"] = 2
+    edited["spec"]["resources"] = {"memory": "2Gi"}  # not a hashed field: the edit still starts a run
+    p, _ = reconcile(edited, now=10)
+    assert p.create_attempt == 1
+
+
+def test_a_not_ready_node_is_named_in_the_status():
+    body = started()
+    _, body = reconcile(body, [running(body, 1)], now=5)
+    ready = {"status": "Unknown", "reason": "NodeStatusUnknown", "message": "Kubelet stopped posting node status.",
+             "lastTransitionTime": stamp(7)}
+    p, body = reconcile(body, [running(body, 1)], now=9, nodes={"node-1": ready})
+    running_cond = cond(body, C.RUNNING)
+    assert (running_cond.status, running_cond.reason) == ("Unknown", Reason.NODE_NOT_READY)
+    assert "node node-1" in running_cond.message and "Kubelet stopped posting" in running_cond.message
+    assert Reason.NODE_NOT_READY in reasons(p)
+    _, body = reconcile(body, [running(body, 1)], now=20, nodes={"node-1": {"status": "True"}})
+    assert cond(body, C.RUNNING).reason == Reason.TRAINING
+
+
+def test_a_new_run_gets_new_pod_names_and_keeps_the_old_runs_finished_pods():
+    body = started()
+    old = terminated(body, 1, 11, message="bad row 3")
+    _, body = reconcile(body, [old], now=10)
+    assert cond(body, C.FAILED).reason == Reason.DATA_INVALID and body["status"]["run"] == 1
+    edited = copy.deepcopy(body)
+    edited["metadata"]["generation"] = 2
+    edited["spec"]["training"] = {"epochs": 2}
+    p, body = reconcile(edited, [old], now=20)
+    assert p.create_attempt == 1 and p.run == 2 and "demo-1" not in p.delete
+    assert body["status"]["podName"] == "demo-r2-1" and body["status"]["runStartTime"] == stamp(20)
+    assert p.run_start == stamp(20)
+    # The planner recognises the new run's pod (and not the old one) as its attempt 1.
+    new = build_trainer_pod(parsed(body), 1, SETTINGS, run=2)
+    assert new["metadata"]["name"] == "demo-r2-1" and new["metadata"]["labels"]["kubetune.io/run"] == "2"
+    new.update(status={"phase": "Running", "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]})
+    new["spec"]["nodeName"], new["metadata"]["creationTimestamp"] = "node-1", stamp(21)
+    _, body = reconcile(body, [old, new], now=22)
+    assert cond(body, C.RUNNING).reason == Reason.TRAINING and "demo-r2-1" in cond(body, C.RUNNING).message
+
+
+def test_the_first_run_starts_at_the_jobs_creation():
+    p, body = reconcile(job_body(), now=30)
+    assert body["status"]["run"] == 1 and p.run_start == stamp(0)
+
+
+def test_a_pod_that_finished_unseen_still_gives_its_step():
+    body = started()
+    done = terminated(body, 1, 0, "Completed", message=result_message(step=120, totalSteps=120))
+    _, body = reconcile(body, [done], now=40)
+    assert body["status"]["progress"]["step"] == 120 and body["status"]["progress"]["totalSteps"] == 120
 
 
 def test_no_new_pod_while_an_earlier_jobs_pod_holds_the_name():

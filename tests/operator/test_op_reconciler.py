@@ -24,6 +24,7 @@ class FakeKube:
         self.existing: set[tuple[str, str]] = set()  # (kind, name) that answer AlreadyExists
         self.conflicts = 0
         self.list_versions: list[str] = []
+        self.events: dict[str, dict] = {}  # Event objects by name, as the API server keeps them
 
     async def get_job(self, ns, name):
         self.calls.append(("get_job", name))
@@ -60,6 +61,13 @@ class FakeKube:
         self.job["status"] = {**(self.job.get("status") or {}), **patch["status"]}
         return copy.deepcopy(self.job)
 
+    async def create_event(self, event):
+        name = event["metadata"]["name"]
+        if name in self.events:
+            return False
+        self.events[name] = event
+        return True
+
     async def delete(self, ns, plural, name):
         self.calls.append(("delete", plural, name))
         self.pods.pop(name, None)
@@ -67,15 +75,17 @@ class FakeKube:
 
 
 def reconcile(kube: FakeKube, cached_job: dict, cached_pods: list[dict]) -> tuple[Reconciler, list, Any]:
-    events: list[tuple[str, str]] = []
-    r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda body, **e: events.append((e["type"], e["reason"])))
+    before = set(kube.events)
+    r = Reconciler(kube, SETTINGS, ProgressStore(10))
 
     async def run():
         r.jobs[("team-a", "demo")] = copy.deepcopy(cached_job)
         r.pods[("team-a", "demo")] = {p["metadata"]["name"]: copy.deepcopy(p) for p in cached_pods}
         return await r.reconcile(("team-a", "demo"))
 
-    return r, events, asyncio.run(run())
+    result = asyncio.run(run())
+    events = [(e["type"], e["reason"]) for name, e in kube.events.items() if name not in before]
+    return r, events, result
 
 
 def settled(job: dict, pods: list[dict]) -> dict:
@@ -164,7 +174,7 @@ def test_a_conflicting_edit_means_look_again():
     kube.conflicts = 1
 
     async def run():
-        r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda *a, **k: None)
+        r = Reconciler(kube, SETTINGS, ProgressStore(10))
         r.jobs[("team-a", "demo")] = job
         r.pods[("team-a", "demo")] = {"demo-1": pods[0]}
         return await r._reconcile_logged(("team-a", "demo"))
@@ -186,7 +196,7 @@ def test_a_standby_replica_keeps_its_cache_warm_but_acts_only_while_it_leads():
     key = ("team-a", "demo")
 
     async def run():
-        r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda *a, **k: None, active=False)
+        r = Reconciler(kube, SETTINGS, ProgressStore(10), active=False)
         r.job_event("ADDED", job_body())
         r.request(key, delay=0.01)
         await asyncio.sleep(0.05)
@@ -213,7 +223,7 @@ def test_a_watch_event_that_arrives_during_the_fresh_read_is_not_lost():
     job = settled(job_body(), [])
     pending, now_running = pod(job, 1), running(job, 1)
     kube = FakeKube(job, [pending])
-    r = Reconciler(kube, SETTINGS, ProgressStore(10), post_event=lambda body, **e: None)
+    r = Reconciler(kube, SETTINGS, ProgressStore(10))
     key = ("team-a", "demo")
     original_list = kube.list_pods
 

@@ -298,6 +298,8 @@ class LoRARecipe:
             ok=True, reason="Completed", message=summary(r), spec_hash=self.job.spec_hash,
             metrics=r["tuned"], base_metrics=r["base"], gate_passed=r["gatePassed"],
             gate_message=r["gateMessage"], artifacts=artifacts,
+            # Every planned step ran: the operator's status shows it even if it missed the last reports.
+            step=self.schedule.total_steps, total_steps=self.schedule.total_steps,
         )
 
     def cleanup(self) -> None:
