@@ -20,7 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from .base import ApiModel
 from .job import ObjectMeta, SpecError, format_errors
-from .spec import DNS1123_LABEL, MethodSpec, ResourcesSpec, TrainingSpec
+from .spec import DNS1123_LABEL, FineTuneJobSpec, MethodSpec, ResourcesSpec, TrainingSpec
 
 RUNTIME_KIND = "ClusterFineTuneRuntime"
 RUNTIME_PLURAL = "clusterfinetuneruntimes"
@@ -54,6 +54,12 @@ class FineTuneRuntimeSpec(ApiModel):
     training: TrainingSpec | None = Field(default=None, description="Default training hyperparameters.")
     resources: ResourcesSpec | None = Field(
         default=None, description="GPU shape (gpus, gpuProduct, cpu, memory) and node placement."
+    )
+    allow_remote_code: bool = Field(
+        default=False,
+        description="Platform policy: jobs naming this runtime may set model.trustRemoteCode: true and so run "
+        "a model repository's own Python code in their pods. Default: false, and a job without a runtime "
+        "never may; such jobs fail validation with InvalidSpec.",
     )
 
     @model_validator(mode="before")
@@ -145,3 +151,16 @@ def apply_runtime(job_spec: dict[str, Any], runtime_spec: dict[str, Any], runtim
     ):
         resources.pop("gpuProduct", None)
     return merged
+
+
+def remote_code_errors(spec: FineTuneJobSpec, runtime_spec: dict[str, Any] | None, runtime_name: str | None) -> list[str]:
+    """The platform's remote-code policy for a job run in a cluster: model.trustRemoteCode needs a
+    ClusterFineTuneRuntime (spec.runtimeRef) with allowRemoteCode: true. Local runs (`kubetune run`) are the
+    user's own machine and only warn."""
+    if not spec.model.trust_remote_code or (runtime_spec or {}).get("allowRemoteCode") is True:
+        return []
+    where = (f"ClusterFineTuneRuntime {runtime_name!r} does not set allowRemoteCode: true" if runtime_name
+             else "the job names no spec.runtimeRef")
+    return [f"spec.model.trustRemoteCode: running the model repository's own code is allowed in this cluster "
+            f"only for jobs whose spec.runtimeRef names a ClusterFineTuneRuntime with allowRemoteCode: true, and "
+            f"{where}; set trustRemoteCode: false or use a runtime your platform team allows it in"]

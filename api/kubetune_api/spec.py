@@ -7,7 +7,9 @@ they become `kubectl explain` text.
 
 from __future__ import annotations
 
+import posixpath
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -17,6 +19,32 @@ from .base import ApiModel
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+# A Kubernetes label value (also a toleration value): at most 63 characters, alphanumeric at both ends,
+# `-`, `_` and `.` inside; empty is allowed. A label key is an optional DNS subdomain prefix and `/`, then
+# a name of that same form (not empty).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LABEL_VALUE_HELP = ("a Kubernetes label value: at most 63 characters, letters, digits, '-', '_' and '.', "
+                    "starting and ending with a letter or digit")
+LABEL_KEY_HELP = ("a Kubernetes label key: an optional DNS subdomain prefix and '/', then a name of at most "
+                  "63 characters (letters, digits, '-', '_', '.'), starting and ending with a letter or digit")
+
+
+def label_value_error(value: object) -> str | None:
+    """Why `value` cannot be a label value, or None when it can."""
+    if not isinstance(value, str):
+        return f"expected a string, got {type(value).__name__}"
+    if len(value) > 63 or not re.match(LABEL_VALUE, value):
+        return f"{value!r} is not {LABEL_VALUE_HELP}"
+    return None
+
+
+def label_key_error(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not re.match(DNS1123_SUBDOMAIN, prefix)):
+        return f"{key!r} is not {LABEL_KEY_HELP}"
+    if not name or len(name) > 63 or not re.match(LABEL_VALUE, name):
+        return f"{key!r} is not {LABEL_KEY_HELP}"
+    return None
 URI_SCHEMES = ("s3://", "hf://", "file://", "bundled://", "/", "./", "../")
 # Relative paths are resolved against the manifest's folder; they only mean something to `kubetune run`.
 LOCAL_ONLY_PREFIXES = ("./", "../")
@@ -99,7 +127,14 @@ class ModelSpec(ApiModel):
     trust_remote_code: bool = Field(
         default=False,
         description="Allow the model repository's own Python code to run. Default: false; enable only for "
-        "models you trust.",
+        "models you trust. In a cluster the job must also name (spec.runtimeRef) a ClusterFineTuneRuntime "
+        "with allowRemoteCode: true; `kubetune run` allows it with a warning.",
+    )
+    allow_pickle_weights: bool = Field(
+        default=False,
+        description="Also load weights stored as Python pickles (pytorch_model.bin, *.pt, *.pth, *.ckpt), "
+        "which can run code when loaded. Default: false: only *.safetensors weights are loaded, and a model "
+        "folder with pickle weights only fails before training.",
     )
 
     @field_validator("uri")
@@ -160,6 +195,17 @@ class DatasetSpec(ApiModel):
         default=1024, ge=16, le=131072,
         description="Maximum tokens per example (prompt + response); longer examples are truncated and "
         "counted in the data report. Default: 1024.",
+    )
+    max_row_bytes: int = Field(
+        default=4 << 20, ge=1024, le=1 << 30,
+        description="Largest row (a JSON Lines line, a CSV record, a JSON or Parquet record) accepted, in "
+        "bytes after decompression; a longer row fails the job with its file and row before anything is "
+        "tokenised. Default: 4194304 (4 MiB).",
+    )
+    max_file_bytes: int = Field(
+        default=4 << 30, ge=1024, le=1 << 40,
+        description="Largest data file accepted, in bytes after decompression (gzip, bzip2 and xz files "
+        "are decoded); split bigger data into several files in one folder. Default: 4294967296 (4 GiB).",
     )
 
     @model_validator(mode="after")
@@ -398,7 +444,18 @@ class Toleration(ApiModel):
 
     key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
     operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal. Default: Equal.")
-    value: str | None = Field(default=None, description="Taint value for operator Equal.")
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE,
+                              description="Taint value for operator Equal (a label value).")
+
+    @field_validator("key", "value", mode="before")
+    @classmethod
+    def _label(cls, value: Any, info) -> Any:
+        if value is None or value == "":
+            return value
+        problem = label_key_error(str(value)) if info.field_name == "key" else label_value_error(value)
+        if problem:
+            raise ValueError(problem)
+        return value
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all effects."
     )
@@ -410,7 +467,9 @@ class ResourcesSpec(ApiModel):
 
     gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu count; 0 trains on CPU. Default: 1.")
     gpu_product: str | None = Field(
-        default=None, description="Required GPU model, matched against the node label nvidia.com/gpu.product."
+        default=None, max_length=63, pattern=LABEL_VALUE,
+        description="Required GPU model, matched against the node label nvidia.com/gpu.product, so it must "
+        "be a label value, e.g. NVIDIA-A100-SXM4-80GB.",
     )
     cpu: str = Field(default="4", pattern=QUANTITY, description="CPU request and limit (Kubernetes quantity). Default: 4.")
     memory: str = Field(
@@ -424,6 +483,25 @@ class ResourcesSpec(ApiModel):
     priority_class_name: str | None = Field(
         default=None, pattern=DNS1123_SUBDOMAIN, description="PriorityClass of the pod."
     )
+
+    @field_validator("gpu_product", mode="before")
+    @classmethod
+    def _gpu_product(cls, value: Any) -> Any:
+        problem = None if value is None else label_value_error(value)
+        if problem:
+            raise ValueError(f"{problem} (it is matched against the node label nvidia.com/gpu.product), "
+                             "e.g. NVIDIA-A100-SXM4-80GB")
+        return value
+
+    @field_validator("node_selector", mode="before")
+    @classmethod
+    def _node_selector(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            for key, label in value.items():
+                problem = label_key_error(str(key)) or label_value_error(label)
+                if problem:
+                    raise ValueError(f"entry {key!r}: {problem}")
+        return value
 
 
 class CheckpointSpec(ApiModel):
@@ -479,6 +557,9 @@ class FineTuneJobSpec(ApiModel):
     def _rules(self) -> FineTuneJobSpec:
         if self.storage.s3.secret_ref is not None and not self._uses_s3():
             raise ValueError("storage.s3.secretRef is set but no model, dataset or output uri uses s3://")
+        problems = overlap_errors(self.uris())
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     def _uses_s3(self) -> bool:
@@ -503,3 +584,36 @@ class FineTuneJobSpec(ApiModel):
             for path, uri in self.uris().items()
             if uri.startswith(LOCAL_ONLY_PREFIXES)
         ]
+
+
+def _location(uri: str) -> tuple[str, tuple[str, ...]] | None:
+    """(store, path parts) of a URI an overlap can happen in; None for hub and bundled models."""
+    if uri.startswith(("hf://", "bundled://")):
+        return None
+    if uri.startswith("s3://"):
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        return "s3", (bucket, *(p for p in key.split("/") if p))
+    path = posixpath.normpath(uri.removeprefix("file://"))
+    return ("local" if path.startswith("/") else "relative"), tuple(p for p in path.split("/") if p and p != ".")
+
+
+def overlap_errors(uris: dict[str, str], resolve: Callable[[str], str] = lambda uri: uri) -> list[str]:
+    """Outputs among inputs: spec.output.uri equal to or inside an input's location (artefacts would be
+    written among the data or the model, and read back as data by the next run), or an input inside the
+    output prefix (a run's artefacts and checkpoint clean-up would share its prefix). `uris` is
+    FineTuneJobSpec.uris(); `resolve` maps relative paths to absolute ones where a manifest folder is known."""
+    out_uri = uris["spec.output.uri"]
+    out = _location(resolve(out_uri))
+    problems = []
+    for path, uri in uris.items():
+        where = _location(resolve(uri))
+        if path == "spec.output.uri" or out is None or where is None or where[0] != out[0]:
+            continue
+        if out[1][: len(where[1])] == where[1]:
+            problems.append(f"spec.output.uri {out_uri!r} is the same as or inside {path} {uri!r}: artefacts "
+                            "would be written among the inputs; use an output location outside every input")
+        elif where[1][: len(out[1])] == out[1]:
+            problems.append(f"{path} {uri!r} is inside spec.output.uri {out_uri!r}: inputs must not live "
+                            "under the output prefix, where runs write and delete; move the input or use "
+                            "another output location")
+    return problems

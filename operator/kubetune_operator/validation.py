@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune_api import API_VERSION, KIND, FineTuneJob, Reason, SpecError, apply_runtime, parse_job
+from kubetune_api.runtime import remote_code_errors
 
 # The metadata the trainer manifest and the children's owner references need; the rest (managedFields,
 # annotations such as kubectl's last-applied-configuration) is no business of the trainer's.
@@ -36,7 +37,7 @@ def resolve(body: dict[str, Any], runtime: dict[str, Any] | None) -> tuple[FineT
         }, source=f"FineTuneJob {meta.get('namespace')}/{meta.get('name')}")
     except SpecError as err:
         return None, Reason.INVALID_SPEC, err.errors
-    errors = job.spec.in_cluster_errors()
+    errors = job.spec.in_cluster_errors() + remote_code_errors(job.spec, runtime, ref)
     if errors:
         return None, Reason.INVALID_SPEC, errors
     return job, Reason.VALID, []

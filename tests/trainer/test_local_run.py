@@ -18,7 +18,9 @@ def test_local_run_resolves_paths_against_the_manifest_and_prints_the_summary(tm
     (jobs / "data" / "sku.csv").write_text("question,answer\n" + "\n".join(rows) + "\n")
     write_jsonl(jobs / "data" / "general.jsonl", [{"question": "Capital of France?", "answer": "Paris"}])
     spec = tiny_spec(f"file://{tiny_alpaca_model}", "./data/sku.csv", "./out",
-                     dataset={"schema": "alpaca", "columnMapping": {"instruction": "question", "output": "answer"}},
+                     # The Alpaca template's prompts are ~90 tokens: 64 (the default here) would leave no answer.
+                     dataset={"schema": "alpaca", "columnMapping": {"instruction": "question", "output": "answer"},
+                              "maxSeqLength": 128},
                      evaluation={"gate": {"metric": "evalLoss", "max": 1000.0},
                                  "regression": {"uri": "./data/general.jsonl", "metric": "chrf", "maxDrop": 1.0}})
     spec["output"]["mergeAdapter"] = True
@@ -52,7 +54,11 @@ def test_invalid_manifest_names_the_field_and_exits_with_invalid_config(tmp_path
 
 def test_validate_checks_the_data_without_loading_weights(tmp_path):
     write_jsonl(tmp_path / "train.jsonl", [{"instruction": "q", "output": "a"}, {"instruction": "q2", "output": ""}])
-    path = write_manifest(tmp_path / "job.yaml", manifest(tiny_spec("./no-model-here", "./train.jsonl", "./out")))
+    # validate lists the model's files (safetensors only by default) but never reads them
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    (tmp_path / "model" / "model.safetensors").write_bytes(b"not read by validate")
+    path = write_manifest(tmp_path / "job.yaml", manifest(tiny_spec("./model", "./train.jsonl", "./out")))
     proc = run_cli(["validate", str(path)])
     assert proc.returncode == 11
     assert "train.jsonl: row 2: field 'output' is missing or empty" in proc.stderr

@@ -7,7 +7,6 @@ the 1-based row and the field, and what was expected.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import random
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from kubetune_api.spec import SCHEMA_FIELDS
 
+from .datafiles import Limits, read_records, strip_compression
 from .errors import DataError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -51,57 +51,23 @@ class DataReport:
     train: int = 0
     eval: int = 0
     schema: str = ""
+    warnings: list[str] = field(default_factory=list)  # shown in the report, the status message and the log
 
 
 def detect_format(path: str, declared: str) -> str:
     if declared != "auto":
         return declared
-    suffix = Path(path).suffix.lower()
+    suffix = Path(strip_compression(path)).suffix.lower()
     if suffix not in FORMATS:
         raise DataError(f"{path}: cannot tell the format from the extension {suffix or '(none)'}; set "
                         f"dataset.format to one of jsonl, json, csv, parquet")
     return FORMATS[suffix]
 
 
-def read_rows(path: Path, fmt: str, name: str) -> list[tuple[int, object]]:
-    """(1-based row, record) pairs; for JSONL the row is the line number."""
-    if fmt == "jsonl":
-        rows, problems = [], []
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as err:
-                    problems.append(f"{name}: row {number}: not valid JSON ({err.msg} at column {err.colno})")
-        if problems:
-            raise DataError(f"{name} is not valid JSON Lines (one JSON object per line)", problems)
-        return rows
-    if fmt == "json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise DataError(f"{name}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
-                            "expected an array of records") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DataError(f"{name}: expected a JSON array of records, got {type(data).__name__}")
-        return list(enumerate(data, start=1))
-    if fmt == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(enumerate(csv.DictReader(f), start=1))
-    if fmt == "parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-        except (pa.ArrowException, OSError) as err:
-            raise DataError(f"{name}: not a readable Parquet file ({err})") from None
-        return list(enumerate(table.to_pylist(), start=1))
-    raise DataError(f"{name}: unsupported format {fmt!r}; accepted: jsonl, json, csv, parquet")
+def read_rows(path: Path, fmt: str, name: str, limits: Limits | None = None) -> list[tuple[int, object]]:
+    """(1-based row, record) pairs; for JSONL the row is the line number. Compression, UTF-8 and the size
+    limits are datafiles.py's policy."""
+    return read_records(path, fmt, name, limits or Limits())
 
 
 def detect_schema(record: object, declared: str, mapping: dict[str, str], name: str) -> str:
@@ -182,7 +148,7 @@ def load_examples(files: list[tuple[Path, str]], spec, report: DataReport) -> li
     schema = None
     for path, name in files:
         fmt = detect_format(name, spec.format)
-        rows = read_rows(path, fmt, name)
+        rows = read_rows(path, fmt, name, Limits(spec.max_row_bytes, spec.max_file_bytes))
         if rows and schema is None:
             schema = detect_schema(rows[0][1], spec.data_schema, spec.column_mapping, name)
         kept = 0

@@ -58,4 +58,7 @@ def classify(err: BaseException) -> TrainerError | None:
         return OutOfMemory(f"out of memory: {str(err).splitlines()[0] if str(err) else type(err).__name__}; "
                            "lower training.batchSize or dataset.maxSeqLength, enable "
                            "training.gradientCheckpointing, use method.type qlora, or raise resources.memory")
+    if type(err).__name__ == "UnpicklingError":
+        return ConfigError(f"the model's pickle weights cannot be loaded safely ({str(err).splitlines()[0][:300]}); "
+                           "convert the model to safetensors")
     return None

@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 
 from .bundled import bundled_model, cache_root
 from .errors import AccessDenied, ConfigError, NotFound, Transient
+from .preflight import check_weights
 from .storage import Storage
 
 
@@ -20,7 +21,9 @@ def fetch_model(spec, storage: Storage) -> Path:
     if uri.startswith("bundled://"):
         return bundled_model(uri)
     if uri.startswith("hf://"):
-        return _fetch_hub(spec)
+        path = _fetch_hub(spec)
+        check_weights([str(p) for p in path.rglob("*") if p.is_file()], uri, spec.allow_pickle_weights)
+        return path
     where = storage.resolve(uri)
     if where.startswith("s3://"):
         bucket_key = where.removeprefix("s3://").rstrip("/")
@@ -30,6 +33,7 @@ def fetch_model(spec, storage: Storage) -> Path:
     if not (path / "config.json").exists():
         raise NotFound(f"model uri {uri!r}: no config.json in {path}; expected a Hugging Face model folder "
                        "(config.json, *.safetensors, tokenizer files)")
+    check_weights([str(p) for p in path.rglob("*") if p.is_file()], uri, spec.allow_pickle_weights)
     return path
 
 
@@ -106,12 +110,13 @@ def available_cpus() -> int:
     return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
-def load_model(path: Path, method, device: str, dtype, trust_remote_code: bool = False):
+def load_model(path: Path, method, device: str, dtype, trust_remote_code: bool = False, allow_pickle: bool = False):
     """The base model on `device`: full precision for LoRA, 4-bit bitsandbytes for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    # Safetensors only unless the spec allows pickles (checked by name in fetch_model; enforced here too).
+    kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": not allow_pickle or None}
     if method.type == "qlora":
         from transformers import BitsAndBytesConfig
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from kubetune_api.job import FineTuneJob
 from kubetune_api.results import Env, TrainerResult
 
 from . import data as datamod
-from .artifacts import write_artifacts
+from . import preflight
+from .artifacts import SUCCESS, write_artifacts
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
 from .errors import ConfigError
@@ -30,6 +32,7 @@ from .models import (
     load_model,
     load_tokenizer,
 )
+from .preflight import check_output, check_weights
 from .progress import ProgressReporter
 from .prompting import PromptFormatter, compile_custom, length_stats
 from .stopping import GracefulStop, Interrupted
@@ -73,6 +76,9 @@ class LoRARecipe:
             _require_bitsandbytes()
         self.storage = Storage(self.spec.storage.s3, manifest_dir)
         self.store = ArtifactStore(job.artifact_root(), self.storage)
+        check_output(self.spec, self.storage, job.artifact_root())
+        if self.spec.model.trust_remote_code:
+            warn("spec.model.trustRemoteCode is true: the model repository's own Python code runs in this process")
         self.work = Path(tempfile.mkdtemp(prefix="kubetune-", dir=work_dir))
         self.checkpoints = Checkpoints(self.store, self.spec.checkpoint.every_steps, self.spec.checkpoint.keep,
                                        self.work / "checkpoints")
@@ -100,7 +106,16 @@ class LoRARecipe:
     def check_data(self) -> datamod.DataReport:
         """Only read and validate the data (`kubetune validate`)."""
         self._setup_data()
+        self._check_model_files()
         return self.data_report
+
+    def _check_model_files(self) -> None:
+        """The model's weight files by name (listed, not downloaded); hub and bundled models at fetch time."""
+        uri = self.spec.model.uri
+        if uri.startswith(("hf://", "bundled://")):
+            return
+        names = [info.uri for info in self.storage.list_files(uri)]
+        check_weights(names, uri, self.spec.model.allow_pickle_weights)
 
     def _read(self, role: str, uri: str) -> list[datamod.Example]:
         files, infos = [], []
@@ -131,6 +146,10 @@ class LoRARecipe:
         if self.spec.evaluation.regression is not None:
             self.regression = self._read("regression", self.spec.evaluation.regression.uri)
         self.train_set, self.eval_set = train_set, eval_set
+        leak = preflight.leak_warning(train_set, eval_set, "dataset.eval" if ds.eval else "dataset.evalSplit")
+        if leak:
+            self.data_report.warnings.append(leak)
+            warn(leak)
         self.data_report.duplicates = dropped
         self.data_report.train, self.data_report.eval = len(train_set), len(eval_set)
 
@@ -141,7 +160,11 @@ class LoRARecipe:
         self.train_encoded = [self.formatter.encode(e) for e in self.train_set]
         self.eval_encoded = [self.formatter.encode(e) for e in self.eval_set]
         self.token_stats = length_stats(self.train_encoded + self.eval_encoded)
-        self.model = load_model(self.model_path, spec.method, self.device, self.dtype, spec.model.trust_remote_code)
+        for message in preflight.check_answers(self.train_encoded, self.eval_encoded, spec.dataset.max_seq_length):
+            self.data_report.warnings.append(message)
+            warn(message)
+        self.model = load_model(self.model_path, spec.method, self.device, self.dtype, spec.model.trust_remote_code,
+                                spec.model.allow_pickle_weights)
 
     def _setup_adapter(self) -> None:
         import torch
@@ -292,10 +315,15 @@ class LoRARecipe:
     # ---- save --------------------------------------------------------------------------------------
     def save(self) -> TrainerResult:
         self.reporter.stage("saving")
+        if self.store.exists(SUCCESS):  # another run of the same spec finished first: keep what it stored
+            from .runner import already_complete
+
+            return already_complete(self.job, self.store)
         artifacts = write_artifacts(self)
         r = self.results
+        message = "; ".join([summary(r), *(f"warning: {w}" for w in self.data_report.warnings)])
         return TrainerResult(
-            ok=True, reason="Completed", message=summary(r), spec_hash=self.job.spec_hash,
+            ok=True, reason="Completed", message=message, spec_hash=self.job.spec_hash,
             metrics=r["tuned"], base_metrics=r["base"], gate_passed=r["gatePassed"],
             gate_message=r["gateMessage"], artifacts=artifacts,
             # Every planned step ran: the operator's status shows it even if it missed the last reports.
@@ -314,6 +342,10 @@ def summary(results: dict) -> str:
         return "training complete"
     text = f"training complete: {key} {tuned[key]:g}"
     return text + (f" (base {base[key]:g})" if key in base else "")
+
+
+def warn(message: str) -> None:
+    print(f"kubetune: warning: {message}", file=sys.stderr)
 
 
 def _require_bitsandbytes() -> None:
