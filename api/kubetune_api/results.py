@@ -70,6 +70,9 @@ class TrainerResult(ApiModel):
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artefact URIs by name.")
     step: int | None = Field(default=None, description="Optimizer steps done, for a status written after the fact.")
     total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    serving_compatible: bool | None = Field(default=None, description="vLLM/SGLang serve the adapter as trained.")
+    serving_reason: str | None = Field(default=None, description="Reason constant of the serving check.")
+    serving_message: str | None = Field(default=None, description="What the serving check found, and what to do.")
 
     def to_termination_message(self) -> str:
         """Serialise within Kubernetes' 4 KiB limit, shortening the message first if needed."""
@@ -123,6 +126,8 @@ class Env:
     PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress events; unset -> stdout only
     PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN"  # bearer token valid for this job's progress only
     ATTEMPT = "KUBETUNE_ATTEMPT"  # 1-based attempt number
+    IMAGE = "KUBETUNE_IMAGE"  # the trainer image as the pod names it (for lineage.json)
+    IMAGE_ID = "KUBETUNE_IMAGE_ID"  # the image digest the kubelet reported for an earlier attempt, if any
     CACHE_DIR = "KUBETUNE_CACHE_DIR"  # model download cache (a volume in the pod)
     WORK_DIR = "KUBETUNE_WORK_DIR"  # scratch space
     HF_TOKEN = "HF_TOKEN"

@@ -426,6 +426,17 @@ class S3Spec(ApiModel):
     )
     region: str = Field(default="us-east-1", description="Region. Default: us-east-1.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
+class ServingSpec(ApiModel):
+    """What the adapter is checked against at save time (the ServingCompatible condition)."""
+
+    max_lora_rank: int = Field(
+        default=16, ge=1, le=1024,
+        description="The highest adapter rank your serving engine is started for (vLLM's --max-lora-rank, "
+        "SGLang's --max-lora-rank). A larger method.lora.r sets ServingCompatible False with the flag to use; "
+        "training is not changed. Default: 16 (vLLM's default).",
+    )
+
+
         default="auto", description="Bucket addressing; most self-hosted stores need path. Default: auto."
     )
     secret_ref: S3SecretRef | None = Field(
@@ -433,6 +444,7 @@ class S3Spec(ApiModel):
     )
 
 
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="The serving engine's limits.")
 class StorageSpec(ApiModel):
     """Object storage settings shared by the model, dataset and output URIs."""
 

@@ -20,6 +20,7 @@ class ConditionType:
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     EVALUATION_PASSED = "EvaluationPassed"
+    SERVING_COMPATIBLE = "ServingCompatible"  # vLLM/SGLang serve the adapter as trained (docs/serving.md)
 
 
 class Reason:
@@ -56,6 +57,10 @@ class Reason:
     GATE_PASSED = "GatePassed"
     GATE_FAILED = "GateFailed"
     NO_GATE = "NoGate"
+    SERVABLE = "Servable"
+    RANK_ABOVE_SERVING_LIMIT = "RankAboveServingLimit"
+    UNSUPPORTED_TARGET_MODULES = "UnsupportedTargetModules"
+    UNSUPPORTED_ADAPTER_FEATURE = "UnsupportedAdapterFeature"  # DoRA, trained bias, modules_to_save
 
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]

@@ -134,6 +134,7 @@ def _env(job: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
         # terminationMessagePath, and a runtime that relocates that path can then find it here too.
         {"name": Env.TERMINATION_LOG, "value": TERMINATION_LOG},
         {"name": Env.ATTEMPT, "value": str(attempt)},
+        {"name": Env.IMAGE, "value": job.spec.image or settings.trainer_image},  # for lineage.json
         {"name": Env.WORK_DIR, "value": WORK_DIR},
         {"name": Env.CACHE_DIR, "value": CACHE_DIR},
         # The root filesystem is read-only; libraries that default to ~/.cache write under /tmp instead.

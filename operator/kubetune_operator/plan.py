@@ -382,4 +382,7 @@ class _Planner:
             self.cond(C.EVALUATION_PASSED, True, Reason.GATE_PASSED, result.gate_message or "the gate passed")
         else:
             self.cond(C.EVALUATION_PASSED, False, Reason.GATE_FAILED, result.gate_message or "the gate failed")
+        if result.serving_compatible is not None:  # runs stored before the serving check carry none
+            self.cond(C.SERVING_COMPATIBLE, result.serving_compatible, result.serving_reason or Reason.SERVABLE,
+                      result.serving_message or "")
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .handoff import check_serving, name_the_base
+from .lineage import lineage_document, resolved_revision
+from .modelcard import model_card
 from .models import library_versions
 from .report import loss_curve, render
 
@@ -19,6 +22,7 @@ def artifact_uris(store, merged: bool) -> dict[str, str]:
     uris = {
         "root": store.uri(), "adapter": store.uri("adapter/"), "report": store.uri("report.html"),
         "metrics": store.uri("metrics.json"), "predictions": store.uri("predictions.jsonl"),
+        "lineage": store.uri("lineage.json"),
     }
     if merged:
         uris["merged"] = store.uri("merged/")
@@ -31,6 +35,7 @@ def write_artifacts(recipe) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     recipe.model.save_pretrained(out / "adapter")
     recipe.tokenizer.save_pretrained(out / "adapter")
+    lineage = _hand_off(recipe, out)
     store.put_tree("adapter", out / "adapter")
     if recipe.spec.output.merge_adapter:
         _merge(recipe, out / "adapter", out / "merged")
@@ -40,13 +45,26 @@ def write_artifacts(recipe) -> dict[str, str]:
     (out / "train-log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in recipe.log))
     (out / "config.json").write_text(_dumps(config_document(recipe)))
     (out / "data-manifest.json").write_text(_dumps(data_manifest(recipe)))
+    (out / "lineage.json").write_text(_dumps(lineage))
     loss_curve(recipe.log, out / "loss-curve.png")
     render(report_context(recipe), out)
     for name in ("predictions.jsonl", "metrics.json", "train-log.jsonl", "config.json", "data-manifest.json",
-                 "loss-curve.png", "report.md", "report.html"):
+                 "lineage.json", "loss-curve.png", "report.md", "report.html"):
         store.put_file(name, out / name)
     store.write_text(SUCCESS, "")
     return artifact_uris(store, recipe.spec.output.merge_adapter)
+
+
+def _hand_off(recipe, out: Path) -> dict:
+    """The adapter made ready for serving engines and registries: its base named as the user named it, the
+    serving check (recipe.serving), a model card; returns the lineage document."""
+    spec = recipe.spec
+    revision = resolved_revision(spec.model, recipe.model_path)
+    name_the_base(out / "adapter", spec.model, revision)
+    recipe.serving = check_serving(out / "adapter", spec.output.serving.max_lora_rank).as_dict()
+    lineage = lineage_document(recipe, recipe.weights.result(), revision)
+    (out / "adapter" / "README.md").write_text(model_card(recipe, lineage, recipe.serving))
+    return lineage
 
 
 def _merge(recipe, adapter_dir: Path, target: Path) -> None:
@@ -70,6 +88,7 @@ def metrics_document(recipe) -> dict:
             "finalLoss": steps[-1]["loss"] if steps else None, "resumedFrom": recipe.resumed_from,
         },
         "data": {**vars(recipe.data_report), "tokens": recipe.token_stats},
+        "serving": recipe.serving,
     }
 
 

@@ -23,6 +23,8 @@ from .checkpoints import Checkpoints
 from .errors import ConfigError
 from .evaluation import base_model_context, generate, mean_loss
 from .loss import answer_loss, check_packing
+from .handoff import serving_fields
+from .lineage import weights_digest
 from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
 from .models import (
     attach_adapter,
@@ -88,6 +90,7 @@ class LoRARecipe:
         self.results: dict = {}
         self.resumed_from: int | None = None
         self.train_seconds = 0.0
+        self.serving: dict | None = None  # the serving check of the saved adapter (handoff.py)
         self.train_tokens = self.last_step_tokens = 0  # non-padding tokens trained on, this attempt / step
 
     # ---- setup -------------------------------------------------------------------------------------
@@ -99,7 +102,9 @@ class LoRARecipe:
         self.device, self.dtype = device_and_dtype(self.spec.training.precision)  # imports torch
         self._setup_data()
         import_training_libraries()
-        self.model_path = fetch.result()
+        with self.dist.writer_first():
+            self.model_path = fetch.result() if fetch else fetch_model(self.spec.model, self.storage)
+        self.weights = Background(weights_digest, self.model_path)  # for lineage.json, while training runs
         self._setup_model()
         self._setup_adapter()
 
@@ -325,7 +330,7 @@ class LoRARecipe:
         return TrainerResult(
             ok=True, reason="Completed", message=message, spec_hash=self.job.spec_hash,
             metrics=r["tuned"], base_metrics=r["base"], gate_passed=r["gatePassed"],
-            gate_message=r["gateMessage"], artifacts=artifacts,
+            gate_message=r["gateMessage"], artifacts=artifacts, **serving_fields(self.serving),
             # Every planned step ran: the operator's status shows it even if it missed the last reports.
             step=self.schedule.total_steps, total_steps=self.schedule.total_steps,
         )

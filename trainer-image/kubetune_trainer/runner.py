@@ -14,6 +14,7 @@ from kubetune_api.status import Reason
 from .artifacts import SUCCESS, artifact_uris, read_completed
 from .errors import TrainerError, classify
 from .progress import ProgressReporter
+from .handoff import serving_fields
 from .stopping import GracefulStop
 from .storage import ArtifactStore, Storage
 
@@ -70,6 +71,7 @@ def already_complete(job: FineTuneJob, store: ArtifactStore) -> TrainerResult:
         artifacts=artifact_uris(store, job.spec.output.merge_adapter),
     )
 
+        **serving_fields(stored.get("serving")),
 
 def write_termination(path: str | None, result: TrainerResult) -> None:
     if not path:
