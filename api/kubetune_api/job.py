@@ -64,13 +64,41 @@ class FineTuneJob(ApiModel):
         return f"{base}/{self.metadata.namespace}/{self.metadata.name}/{self.spec_hash}/"
 
 
+# Hashed fields added after the hash was first published (0.1.0). At their default they are left out of
+# the hash, so an unchanged manifest keeps its spec hash across an upgrade: its artefacts stay found and it
+# never trains again; set to anything else they count like every other field. Every hashed field added from
+# now on goes here (tests/api/test_hash_status_results.py pins the hashes of manifests written for 0.1.0).
+HASH_NEUTRAL_AT_DEFAULT = (
+    ("model", "allowPickleWeights"),
+    ("dataset", "maskHistory"),
+    ("dataset", "maxRowBytes"),
+    ("dataset", "maxFileBytes"),
+)
+
+
 def spec_hash(spec: FineTuneJobSpec) -> str:
     """A stable hash of the effective spec: defaults are filled in and keys sorted, so two manifests that
     mean the same run hash the same whatever they spell out or in which order."""
     effective = spec.model_dump(mode="json", by_alias=True, include=set(HASHED_FIELDS))
     effective["mergeAdapter"] = spec.output.merge_adapter
+    for path in HASH_NEUTRAL_AT_DEFAULT:
+        parent = effective
+        for key in path[:-1]:
+            parent = parent.get(key) or {}
+        if path[-1] in parent and parent[path[-1]] == _default_of(path):
+            del parent[path[-1]]
     canonical = json.dumps(effective, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _default_of(path: tuple[str, ...]) -> Any:
+    """The JSON default of the spec field at a camelCase path."""
+    model: Any = FineTuneJobSpec
+    for key in path:
+        field = next(f for name, f in model.model_fields.items() if key in (name, f.alias))
+        model = field.annotation
+    default = field.get_default(call_default_factory=True)
+    return default.model_dump(mode="json", by_alias=True) if isinstance(default, BaseModel) else default
 
 
 def _loc_to_path(loc: tuple[Any, ...], root: str) -> str:

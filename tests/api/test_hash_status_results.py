@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kubetune_api import (
     ConditionType,
     ExitCode,
@@ -14,6 +16,7 @@ from kubetune_api import (
     set_condition,
     spec_hash,
 )
+from kubetune_api.job import HASH_NEUTRAL_AT_DEFAULT, _default_of
 from kubetune_api.results import TERMINATION_LIMIT
 
 BASE = {
@@ -38,6 +41,33 @@ def test_hash_changes_with_what_changes_the_result():
     assert h(BASE) != h({**BASE, "training": {"learningRate": 1e-4}})
     assert h(BASE) != h({**BASE, "method": {"type": "qlora"}})
     assert h(BASE) != h({**BASE, "output": {"uri": "s3://out/", "mergeAdapter": True}})
+
+
+# Manifests written for 0.1.0 and the hashes 0.1.0 gave them: an upgrade that changes them would make every
+# finished job train again (its artefacts live under the hash). New fields go in HASH_NEUTRAL_AT_DEFAULT.
+PUBLISHED = [
+    (BASE, "d08844ed01fcbe3a"),
+    ({"model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "secretRef": {"name": "hf-token"}},
+      "dataset": {"train": {"uri": "s3://datasets/support/train.parquet"}, "schema": "alpaca"},
+      "output": {"uri": "s3://finetunes/"}, "method": {"type": "qlora"},
+      "training": {"maxSteps": 500, "learningRate": 1e-4}}, "1192a2daff4632a9"),
+]
+
+
+@pytest.mark.parametrize(("spec", "published"), PUBLISHED)
+def test_an_unchanged_manifest_keeps_its_hash_across_upgrades(spec, published):
+    assert h(spec) == published
+
+
+def test_a_field_added_since_counts_once_set_away_from_its_default():
+    for path in HASH_NEUTRAL_AT_DEFAULT:
+        spec = json.loads(json.dumps(BASE))
+        parent = spec
+        for key in path[:-1]:
+            parent = parent.setdefault(key, {})
+        default = _default_of(path)
+        parent[path[-1]] = (not default) if isinstance(default, bool) else default + 1
+        assert h(spec) != h(BASE), path
 
 
 def test_hash_ignores_how_and_where_it_runs():
