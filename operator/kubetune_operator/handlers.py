@@ -85,3 +85,8 @@ async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.event(GROUP, VERSION, RUNTIME_PLURAL)
 async def runtime_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.runtime_event(event.get("type"), copy.deepcopy(event["object"]))
+
+
+@kopf.on.event("v1", "nodes")
+async def node_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.reconciler.node_event(event.get("type"), event["object"])

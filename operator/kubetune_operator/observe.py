@@ -120,7 +120,8 @@ def failure_of(pod: dict) -> tuple[str, bool, str]:
     if disruption:
         return Reason.PREEMPTED, True, disruption
     if pod_reason == "DeadlineExceeded":
-        return Reason.DEADLINE_EXCEEDED, False, pod_message or "the pod's activeDeadlineSeconds passed"
+        return Reason.DEADLINE_EXCEEDED, False, (f"spec.activeDeadlineSeconds ran out: the kubelet stopped the pod "
+                                                 f"({pod_message or 'its activeDeadlineSeconds passed'})")
     cstatus = _container_status(pod)
     term = (cstatus.get("state") or {}).get("terminated") or (cstatus.get("lastState") or {}).get("terminated")
     if not term:

@@ -356,6 +356,7 @@ class NodeAgent:
         self._threads: list[threading.Thread] = []
         self._watch_resp: Any = None
         self._ready_since = now()
+        self._not_ready: tuple[str, str] | None = None  # (reason, message) while set_ready(False) holds
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -421,6 +422,13 @@ class NodeAgent:
         finally:
             self.script_for = old
 
+    def set_ready(self, ready: bool, message: str = "Kubelet stopped posting node status.") -> None:
+        """Ready=Unknown (reason NodeStatusUnknown, as the node lifecycle controller writes when the kubelet
+        goes silent) or back to Ready=True; the pods on the node keep running, as in a network partition."""
+        self._not_ready = None if ready else ("NodeStatusUnknown", message)
+        self._ready_since = now()
+        self.kube.patch(f"/api/v1/nodes/{self.node_name}/status", {"status": self._node_status()})
+
     def wait_synced(self, timeout: float = 30) -> bool:
         return self._synced.wait(timeout)
 
@@ -471,7 +479,9 @@ class NodeAgent:
                 self._node_condition(
                     "PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available"
                 ),
-                self._node_condition("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
+                self._node_condition("Ready", "True", "KubeletReady", "kubelet is posting ready status")
+                if self._not_ready is None
+                else self._node_condition("Ready", "Unknown", *self._not_ready),
             ],
             "addresses": [
                 {"type": "InternalIP", "address": "127.0.0.1"},
@@ -1068,9 +1078,8 @@ class _PodWorker(threading.Thread):
             if data is not None and ref["key"] in data:
                 declared[e["name"]] = data[ref["key"]].decode(errors="replace")
             elif not ref.get("optional"):
-                raise _NotReady(
-                    f"couldn't find key {ref['key']} in {ref_key[:-6]} {self.namespace}/{ref['name']}"
-                )
+                kind = "Secret" if ref_key == "secretKeyRef" else "ConfigMap"  # the kubelet's words
+                raise _NotReady(f"couldn't find key {ref['key']} in {kind} {self.namespace}/{ref['name']}")
         return env, declared
 
     def _path_map(self, c: dict) -> PathMap:
@@ -1086,20 +1095,28 @@ class _PodWorker(threading.Thread):
         return base / mount["subPath"] if mount.get("subPath") else base
 
     def _prepare_volumes(self) -> None:
-        """Materialises every volume; retries (ContainerCreating) while a ConfigMap/Secret is missing, as the
-        kubelet does, until the pod is deleted. Env sources are checked here too."""
-        warned = False
+        """Materialises every volume, then resolves every env source; retries while a ConfigMap/Secret (or a
+        key) is missing, as the kubelet does, until the pod is deleted. A volume source missing keeps the pod
+        in ContainerCreating (event FailedMount); an env source missing is the kubelet's
+        CreateContainerConfigError waiting state with its message (event Failed, "Error: ...")."""
+        reported = None
         while True:
             try:
+                stage = "volumes"
                 self._materialize_all()
+                stage = "env"
                 for c in [*(self.pod["spec"].get("initContainers") or []), self.main]:
                     self._env(c)
                 return
             except _NotReady as e:
-                if not warned:
-                    self.agent.event(self.pod, "Warning", "FailedMount", str(e))
-                    self._set_status("Pending", self._waiting("ContainerCreating", str(e)))
-                    warned = True
+                if reported != (stage, str(e)):
+                    reported = (stage, str(e))
+                    if stage == "volumes":
+                        self.agent.event(self.pod, "Warning", "FailedMount", str(e))
+                        self._set_status("Pending", self._waiting("ContainerCreating", str(e)))
+                    else:
+                        self.agent.event(self.pod, "Warning", "Failed", f"Error: {e}")
+                        self._set_status("Pending", self._waiting("CreateContainerConfigError", str(e)))
                 self._sleep(1)
 
     def _materialize_all(self) -> None:

@@ -301,14 +301,37 @@ def test_a_spec_change_stops_the_run_and_starts_a_fresh_one(kube_cluster, kube_n
     ns = kube_namespace
     apply(kube_cluster, ns, "demo", spec())
     first = wait_condition(kube_cluster, ns, "demo", "Running")
-    old_uid = kube_cluster.get(f"/api/v1/namespaces/{ns}/pods/demo-1")["metadata"]["uid"]
-    scripted({"demo-1": succeed(1)})
+    scripted({"demo-r2-1": succeed(1)})
     apply(kube_cluster, ns, "demo", spec(training={"learningRate": 1e-4}))
     job = wait_condition(kube_cluster, ns, "demo", "Succeeded")
-    assert job["status"]["specHash"] != first["status"]["specHash"] and job["status"]["attempts"] == 1
-    pod = kube_cluster.get(f"/api/v1/namespaces/{ns}/pods/demo-1")
-    assert pod["metadata"]["uid"] != old_uid and pod["metadata"]["labels"]["kubetune.io/spec-hash"] == job["status"]["specHash"]
+    st = job["status"]
+    assert st["specHash"] != first["status"]["specHash"] and st["attempts"] == 1 and st["run"] == 2
+    assert st["podName"] == "demo-r2-1"
+    pod = kube_cluster.get(f"/api/v1/namespaces/{ns}/pods/demo-r2-1")
+    assert pod["metadata"]["labels"]["kubetune.io/spec-hash"] == st["specHash"]
+    assert pod["metadata"]["labels"]["kubetune.io/run"] == "2"
+    wait_for(lambda: "demo-1" not in pod_names(kube_cluster, ns), 30, "the first run's running pod to be stopped")
     assert "SpecChanged" in event_reasons(kube_cluster, ns, "demo")
+
+
+def test_a_fixed_spec_runs_under_new_names_and_keeps_the_failed_runs_pod(
+    kube_cluster, kube_namespace, operator_up, scripted
+):
+    """A failed run's pod (its logs, its termination message) stays when the fix starts the next run."""
+    ns = kube_namespace
+    result = {"ok": False, "reason": "DataInvalid", "message": "dataset.train row 3: 'output' is empty"}
+    scripted({"demo-1": [{"phase": "Running", "seconds": 1}, terminate(11, "Error", result)],
+              "demo-r2-1": succeed(1)})
+    apply(kube_cluster, ns, "demo", spec())
+    wait_condition(kube_cluster, ns, "demo", "Failed")
+    old_uid = kube_cluster.get(f"/api/v1/namespaces/{ns}/pods/demo-1")["metadata"]["uid"]
+    apply(kube_cluster, ns, "demo", spec(dataset={"train": {"uri": "s3://data/fixed.jsonl"}}))
+    job = wait_condition(kube_cluster, ns, "demo", "Succeeded")
+    assert job["status"]["podName"] == "demo-r2-1" and job["status"]["run"] == 2
+    assert pod_names(kube_cluster, ns) == ["demo-1", "demo-r2-1"]
+    assert kube_cluster.get(f"/api/v1/namespaces/{ns}/pods/demo-1")["metadata"]["uid"] == old_uid
+    metric = operator_up.metrics()
+    assert "kubetune_job_creation_to_pod_seconds_count" in metric
 
 
 def test_unschedulable_and_image_pull_failures_say_why(kube_cluster, kube_namespace, operator_up, scripted):

@@ -251,3 +251,65 @@ def test_a_watch_event_that_arrives_during_the_fresh_read_is_not_lost():
 
     asyncio.run(run())
     assert kube.job["status"]["phase"] == "Running"
+
+
+def test_events_of_a_transition_whose_status_patch_failed_are_posted_once():
+    """Events go out before the status patch, under names derived from the transition: a 409 (or a crash)
+    between the two plans the same transition again, and its Events answer AlreadyExists, so the user sees
+    each exactly once and none is lost."""
+    job = settled(job_body(), [])
+    pods = [terminated(job, 1, 0, "Completed", "")]
+    kube = FakeKube(job, pods)
+    kube.conflicts = 1
+
+    async def run():
+        r = Reconciler(kube, SETTINGS, ProgressStore(10))
+        r.jobs[("team-a", "demo")] = job
+        r.pods[("team-a", "demo")] = {"demo-1": pods[0]}
+        first = await r._reconcile_logged(("team-a", "demo"))
+        return first, await r._reconcile_logged(("team-a", "demo"))
+
+    assert asyncio.run(run())[0] == 0.2
+    assert kube.job["status"]["phase"] == "Succeeded"
+    completed = [e for e in kube.events.values() if e["reason"] == "Completed"]
+    assert len(completed) == 1 and completed[0]["involvedObject"]["name"] == "demo"
+    assert [c for c in kube.calls if c[0] == "patch_status"] == [("patch_status", "demo")] * 2
+
+
+def test_a_pod_the_api_server_rejects_fails_the_job_with_its_message():
+    kube = FakeKube(job_body())
+
+    async def reject(obj):
+        kube.calls.append(("create", obj["kind"], obj["metadata"]["name"]))
+        if obj["kind"] == "Pod":
+            raise ApiError(422, "POST", "pods", "Invalid", 'Pod "demo-1" is invalid: spec.affinity: Unsupported value')
+        return obj
+
+    kube.create = reject
+    _, events, _ = reconcile(kube, job_body(), [])
+    st = kube.job["status"]
+    assert st["phase"] == "Failed" and st["attempts"] == 0
+    failed = next(c for c in st["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "PodRejected" and "spec.affinity: Unsupported value" in failed["message"]
+    assert ("Warning", "PodRejected") in events and ("Normal", "PodCreated") not in events
+
+
+def test_the_start_up_metric_counts_from_the_start_of_the_run():
+    """A re-run after a spec change is measured from the change, not from the job's creation long ago."""
+    from datetime import datetime, timedelta, timezone
+
+    from kubetune_api.status import now_rfc3339
+    from kubetune_operator import metrics
+
+    now = datetime.now(timezone.utc)
+    body = job_body()
+    body["metadata"]["creationTimestamp"] = now_rfc3339(now - timedelta(hours=1))
+    job = settled(body, [])
+    edited = copy.deepcopy(job)
+    edited["metadata"]["generation"] = 2
+    edited["spec"]["training"] = {"epochs": 2}
+    before = metrics.CREATION_TO_POD._sum.get()
+    kube = FakeKube(edited, [])
+    reconcile(kube, edited, [])  # the new run begins; the first run's pod is gone, so its pod is created
+    assert ("create", "Pod", "demo-r2-1") in kube.calls
+    assert metrics.CREATION_TO_POD._sum.get() - before < 60
