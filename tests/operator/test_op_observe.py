@@ -24,6 +24,9 @@ TABLE = [
      "ImagePullBackOff", False),
     ("invalid image name", pod(J, 1, container={"waiting": {"reason": "InvalidImageName"}}), Stage.IMAGE_PULL,
      "InvalidImageName", False),
+    ("secret missing", pod(J, 1, container={"waiting": {"reason": "CreateContainerConfigError",
+                                                        "message": 'secret "s3" not found'}}),
+     Stage.CONFIG_ERROR, "CreateContainerConfigError", False),
     ("running", running(J, 1), Stage.RUNNING, "", False),
     ("being deleted", running(J, 1, deleting=True), Stage.TERMINATING, "", False),
     ("node lost (phase Unknown)", pod(J, 1, "Unknown", reason="NodeLost"), Stage.TERMINATING, "NodeLost", False),
@@ -35,6 +38,9 @@ TABLE = [
     ("preempting", pod(J, 1, "Failed", reason="Preempting"), Stage.FAILED, Reason.PREEMPTED, True),
     ("node lost", pod(J, 1, "Failed", reason="NodeLost"), Stage.FAILED, Reason.PREEMPTED, True),
     ("node shutdown", pod(J, 1, "Failed", reason="Shutdown"), Stage.FAILED, Reason.PREEMPTED, True),
+    ("disruption target (1.26+)", terminated(J, 1, 143, conditions=[
+        {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]),
+     Stage.FAILED, Reason.PREEMPTED, True),
     ("deleted by someone while running", terminated(J, 1, 143, deleting=True), Stage.FAILED, Reason.PREEMPTED, True),
     ("pod deadline", pod(J, 1, "Failed", reason="DeadlineExceeded"), Stage.FAILED, Reason.DEADLINE_EXCEEDED, False),
     ("internal error", terminated(J, 1, 1), Stage.FAILED, Reason.TRAINER_ERROR, True),
@@ -71,3 +77,19 @@ def test_success_carries_the_result():
     view = view_pod(terminated(J, 1, 0, "Completed", result_message(metrics={"rougeL": 0.5})))
     assert view.result is not None and view.result.metrics == {"rougeL": 0.5}
     assert view_pod(terminated(J, 1, 0, "Completed", "not json")).result is None
+
+
+def test_the_kubelets_missing_secret_messages_name_the_secret_and_key():
+    from kubetune_operator.observe import missing_secret
+
+    assert missing_secret('secret "s3-creds" not found') == ("s3-creds", None)
+    assert missing_secret("couldn't find key AWS_ACCESS_KEY_ID in Secret team-a/s3-creds") == (
+        "s3-creds", "AWS_ACCESS_KEY_ID")
+    assert missing_secret('configmap "x" not found') is None
+
+
+def test_an_oom_names_the_pods_memory_limit_and_what_to_try():
+    oom = terminated(J, 1, 137, "OOMKilled")
+    limit = oom["spec"]["containers"][0]["resources"]["limits"]["memory"]  # the API's default: 32Gi
+    message = view_pod(oom).message
+    assert f"memory limit of {limit}" in message and "qlora" in message and "training.maxSeqLength" in message
