@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
 import shutil
 import threading
@@ -73,6 +74,17 @@ def _typed(uri: str, code: str, where: str, detail: str):
     return AccessDenied(f"S3 refused {uri} at {where}: {detail}")
 
 
+def s3_attempts() -> int:
+    """Attempts per S3 request: botocore's standard retry mode (5xx, throttling, timeouts and refused
+    connections, with jittered exponential backoff capped at 20 s), 10 attempts by default: about a minute
+    of S3 outage is ridden out; past it the run fails as Transient and the operator retries the attempt.
+    AWS_MAX_ATTEMPTS (the AWS SDKs' own variable) overrides it."""
+    try:
+        return max(1, int(os.environ.get("AWS_MAX_ATTEMPTS", "10")))
+    except ValueError:
+        return 10
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -100,7 +112,8 @@ class Storage:
             self._client = boto3.session.Session().client(
                 "s3", endpoint_url=spec.endpoint, region_name=spec.region,
                 config=Config(s3={"addressing_style": spec.addressing_style},
-                              retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10),
+                              retries={"mode": "standard", "max_attempts": s3_attempts()},
+                              connect_timeout=10, read_timeout=60),
             )
         return self._client
 
