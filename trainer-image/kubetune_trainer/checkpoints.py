@@ -40,6 +40,10 @@ class Checkpoints:
         complete = [step for step, ok in self._steps() if ok]
         return complete[-1] if complete else None
 
+    def state(self, step: int) -> dict:
+        """The training state a checkpoint was saved with (its state.json), without downloading the rest."""
+        return json.loads(self.store.read_text(f"{PREFIX}/step-{step}/state.json"))
+
     def save(self, step: int, model, optimizer, scheduler, state: dict) -> str:
         import torch
 

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
         return _run_local(Path(args.manifest), args.json)
     if args.command == "validate":
         return _validate(Path(args.manifest))
+    from .launch import launch, wanted
+
+    if wanted():  # several GPUs: become torchrun's agent, one `kubetune train` worker per GPU
+        return launch(["--config", args.config] if args.config else [],
+                      os.environ.get(Env.TERMINATION_LOG) or TERMINATION_LOG)
     return _train(args.config or os.environ.get(Env.CONFIG) or DEFAULT_CONFIG_PATH)
 
 
@@ -50,23 +55,28 @@ def _load(path: Path, termination: str | None):
 
 
 def _train(config: str) -> int:
+    from .distributed import ProcessGroup
+    from .launch import worker_result_path
     from .progress import HttpSink, JsonLinesSink, ProgressReporter
     from .runner import run_job, write_termination
     from .stopping import GracefulStop
 
-    termination = os.environ.get(Env.TERMINATION_LOG) or TERMINATION_LOG
+    group = ProcessGroup.from_env()  # one process, or one of torchrun's; only the writer reports
+    termination = worker_result_path(group.rank) or (
+        (os.environ.get(Env.TERMINATION_LOG) or TERMINATION_LOG) if group.is_writer else None)
     job = _load(Path(config), termination)
     if job is None:
         return ExitCode.INVALID_CONFIG
     _skip_unused_libraries(job)
-    sinks = [JsonLinesSink(sys.stdout)]
-    if os.environ.get(Env.PROGRESS_URL):
+    sinks = [JsonLinesSink(sys.stdout)] if group.is_writer else []
+    if os.environ.get(Env.PROGRESS_URL) and group.is_writer:
         sinks.append(HttpSink(os.environ[Env.PROGRESS_URL], os.environ.get(Env.PROGRESS_TOKEN, ""),
                               job.metadata.namespace, job.metadata.name))
     print(f"kubetune: {job.metadata.namespace}/{job.metadata.name} attempt {os.environ.get(Env.ATTEMPT, '1')}, "
           f"spec hash {job.spec_hash}", file=sys.stderr)
     with GracefulStop().installed() as stop:
-        code, result = run_job(job, reporter=ProgressReporter(sinks), work_dir=os.environ.get(Env.WORK_DIR), stop=stop)
+        code, result = run_job(job, reporter=ProgressReporter(sinks), work_dir=os.environ.get(Env.WORK_DIR), stop=stop,
+                               dist=group)
     write_termination(termination, result)
     return int(code)
 

@@ -10,25 +10,30 @@ from .loss import answer_loss
 from .prompting import Encoded, PromptFormatter
 
 
-def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, device: str) -> float:
-    """Mean cross-entropy per answer token over the examples (batched by length, so little padding)."""
+def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, device: str, dist=None) -> float:
+    """Mean cross-entropy per answer token over the examples (batched by length, so little padding). With a
+    process group (distributed.py) each rank runs its share of the same batches and the sums are added up,
+    so the result is the one-process one (up to the order of a float sum)."""
     import torch
 
     total, tokens = 0.0, 0
     model.eval()
-    by_length = sorted(encoded, key=lambda e: len(e.input_ids))
+    groups = list(chunks(sorted(encoded, key=lambda e: len(e.input_ids)), batch_size))
     with torch.no_grad():
-        for group in chunks(by_length, batch_size):
+        for group in dist.shard(groups) if dist else groups:
             batch = pad_batch([e.input_ids for e in group], pad_id, [e.labels for e in group])
             loss, count = answer_loss(model, {k: v.to(device) for k, v in batch.items()})
             total += loss.item()
             tokens += count
+    if dist:
+        total, tokens = dist.sum([total, tokens])
     return total / max(tokens, 1)
 
 
 def generate(model, formatter: PromptFormatter, examples: list[Example], generation, batch_size: int,
-             device: str, on_batch=None) -> list[str]:
-    """Decoded answers for `examples`: greedy when temperature is 0, prompts left-padded."""
+             device: str, on_batch=None, dist=None) -> list[str]:
+    """Decoded answers for `examples`: greedy when temperature is 0, prompts left-padded. With a process
+    group each rank decodes its share of the same batches (so the same padding) and every rank gets all."""
     import torch
 
     tokenizer = formatter.tokenizer
@@ -37,7 +42,8 @@ def generate(model, formatter: PromptFormatter, examples: list[Example], generat
     sampling = generation.temperature > 0
     outputs: list[str] = []
     model.eval()
-    for group in chunks(examples, batch_size):
+    groups = list(chunks(examples, batch_size))
+    for group in dist.shard(groups) if dist else groups:
         batch = pad_batch([formatter.prompt_ids(e) for e in group], tokenizer.pad_token_id, left=True)
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.no_grad():
@@ -46,10 +52,10 @@ def generate(model, formatter: PromptFormatter, examples: list[Example], generat
                 temperature=generation.temperature if sampling else None, top_p=None, top_k=None,
                 eos_token_id=sorted(stop), pad_token_id=tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        outputs += [t.strip() for t in texts]
+        outputs.append([t.strip() for t in texts])
         if on_batch:
-            on_batch(len(outputs))
-    return outputs
+            on_batch(sum(map(len, outputs)))
+    return [text for group in (dist.gather(outputs) if dist else outputs) for text in group]
 
 
 def _as_list(value) -> list:

@@ -16,7 +16,11 @@ import inspect
 
 
 def _causal_lm(model):
-    """The transformers model under a PEFT wrapper (or the model itself)."""
+    """The transformers model under DDP and PEFT wrappers (or the model itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(model, DistributedDataParallel):
+        model = model.module
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 

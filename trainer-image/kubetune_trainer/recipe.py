@@ -20,11 +20,12 @@ from . import preflight
 from .artifacts import SUCCESS, write_artifacts
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
+from .distributed import ProcessGroup, balanced_shards
 from .errors import ConfigError
 from .evaluation import base_model_context, generate, mean_loss
-from .loss import answer_loss, check_packing
 from .handoff import serving_fields
 from .lineage import weights_digest
+from .loss import answer_loss, check_packing
 from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
 from .models import (
     attach_adapter,
@@ -67,8 +68,9 @@ class LoRARecipe:
 
     def __init__(self, job: FineTuneJob, *, manifest_dir: Path | None = None,
                  reporter: ProgressReporter | None = None, work_dir: str | None = None,
-                 levers: Levers | None = None, stop: GracefulStop | None = None):
+                 levers: Levers | None = None, stop: GracefulStop | None = None, dist: ProcessGroup | None = None):
         self.job, self.spec = job, job.spec
+        self.dist = dist or ProcessGroup.from_env()  # torchrun's rank and world size; one process without it
         self.reporter = reporter or ProgressReporter()
         self.stop = stop or GracefulStop()  # not installed: SIGTERM keeps Python's default
         self.levers = levers or Levers()
@@ -88,9 +90,9 @@ class LoRARecipe:
         self.data_report = datamod.DataReport()
         self.inputs: dict[str, list[dict]] = {}
         self.results: dict = {}
+        self.serving: dict | None = None  # the serving check of the saved adapter (handoff.py)
         self.resumed_from: int | None = None
         self.train_seconds = 0.0
-        self.serving: dict | None = None  # the serving check of the saved adapter (handoff.py)
         self.train_tokens = self.last_step_tokens = 0  # non-padding tokens trained on, this attempt / step
 
     # ---- setup -------------------------------------------------------------------------------------
@@ -98,8 +100,10 @@ class LoRARecipe:
         self.reporter.stage("loading")
         # The model download (or conversion) runs while torch and the training libraries are imported and
         # the data is read and validated; a bad record still fails at once (the download thread is a daemon).
-        fetch = Background(fetch_model, self.spec.model, self.storage)
+        # Under torchrun the writer alone fills the model cache (shared by a node's ranks); the others read it.
+        fetch = Background(fetch_model, self.spec.model, self.storage) if self.dist.is_writer else None
         self.device, self.dtype = device_and_dtype(self.spec.training.precision)  # imports torch
+        self.dist.start(self.device)
         self._setup_data()
         import_training_libraries()
         with self.dist.writer_first():
@@ -180,10 +184,20 @@ class LoRARecipe:
         self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing)
         if t.packing:
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
+        self.train_model = self.dist.wrap(self.model)  # DDP under torchrun; the model itself for one process
+        usable = [e for e in self.train_encoded if any(t != -100 for t in e.labels[1:])] or self.train_encoded
+        self.filler = min(usable, key=lambda e: len(e.input_ids))  # a rank's zero-weight pass when it has none
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
         grouped = self.levers.group_by_length and not t.packing and not self.levers.pad_to_max_length
-        self.schedule = Schedule(len(self.train_encoded), t.batch_size, t.gradient_accumulation, t.seed,
+        # batchSize is per device: a micro-batch is batchSize x world size examples, which the ranks split.
+        # A resumed run keeps the micro-batch its checkpoint was trained with, whatever the world size now,
+        # so the steps, the learning-rate schedule and the examples of each step stay those of the first run.
+        self.resume_step = self.dist.broadcast(self.checkpoints.latest())
+        self.micro_batch = t.batch_size * self.dist.world_size
+        if self.resume_step is not None:
+            self.micro_batch = self.checkpoints.state(self.resume_step).get("microBatch", self.micro_batch)
+        self.schedule = Schedule(len(self.train_encoded), self.micro_batch, t.gradient_accumulation, t.seed,
                                  epochs=t.epochs, max_steps=t.max_steps,
                                  lengths=[len(e.input_ids) for e in self.train_encoded], group_by_length=grouped)
         max_len, fraction = self.spec.dataset.max_seq_length, self.levers.pass_tokens
@@ -198,28 +212,31 @@ class LoRARecipe:
         start = self._resume()
         total = self.schedule.total_steps
         self.log.append({"event": "start", "step": start, "attempt": int(os.environ.get(Env.ATTEMPT) or 1),
-                         "time": round(time.time(), 3)})
+                         "worldSize": self.dist.world_size, "time": round(time.time(), 3)})
         with self.stop.deferred():
             self.reporter.start_training(start, total)
             self.model.train()
             began = time.monotonic()
             for step in self.schedule.steps(start):
-                loss = self._train_step(step.micro_batches)
+                loss, stopping = self._train_step(step.micro_batches)
                 lr = self.scheduler.get_last_lr()[0]
                 self.log.append({"event": "step", "step": step.number, "epoch": round(step.epoch, 4),
-                                 "loss": round(loss, 6), "learningRate": lr, "tokens": self.last_step_tokens,
+                                 "loss": round(loss, 6), "gradNorm": round(self.last_grad_norm, 6),
+                                 "learningRate": lr, "tokens": self.last_step_tokens,
                                  "time": round(time.time(), 3)})
                 self.reporter.step(step.number, step.epoch, loss, lr)
-                if self.checkpoints.due(step.number, total) or self.stop.requested:
+                if (self.checkpoints.due(step.number, total) or stopping) and self.dist.is_writer:
                     self.checkpoints.save(step.number, self.model, self.optimizer, self.scheduler,
-                                          {"log": self.log, "trainSeconds": self.train_seconds + time.monotonic() - began})
-                if self.stop.requested:
+                                          {"log": self.log, "trainSeconds": self.train_seconds + time.monotonic() - began,
+                                           "microBatch": self.micro_batch, "worldSize": self.dist.world_size})
+                if stopping:  # every rank got (or was told of) SIGTERM after this step; leave once it is saved
+                    self.dist.barrier()
                     raise Interrupted(f"stopped by SIGTERM after step {step.number} of {total} (pod deleted or node "
                                       f"drained); checkpoint step-{step.number} saved, the next attempt resumes there")
             self.train_seconds += time.monotonic() - began
 
     def _resume(self) -> int:
-        step = self.checkpoints.latest()
+        step = self.resume_step  # the writer's choice, so every rank resumes from the same checkpoint
         if step is None:
             return 0
         state = self.checkpoints.load(step, self.model, self.optimizer, self.scheduler)
@@ -229,34 +246,44 @@ class LoRARecipe:
         self.resumed_from = step
         return step
 
-    def _train_step(self, micro_batches: list[list[int]]) -> float:
-        """One optimizer step; the loss is the mean over every answer token of its micro-batches."""
+    def _train_step(self, micro_batches: list[list[int]]) -> tuple[float, bool]:
+        """One optimizer step: this rank's share of each micro-batch, then the gradients all-reduced. Returns
+        the step's loss (the mean over every answer token of the step, all ranks together) and whether any
+        rank got SIGTERM, so that every rank stops after the same step."""
         import torch
 
-        examples = [[self.train_encoded[i] for i in mb] for mb in micro_batches]
-        counts = [sum(sum(t != -100 for t in e.labels[1:]) for e in group) for group in examples]
-        total_tokens = max(sum(counts), 1)
-        step_loss = 0.0
-        self.last_step_tokens = 0
-        for group, count in zip(examples, counts, strict=True):
-            if count == 0:  # every answer truncated away: nothing to learn from these examples
-                continue
-            for part in self._passes(group):
-                batch = {k: v.to(self.device) for k, v in self._collate(part).items()}
+        world, enc = self.dist.world_size, self.train_encoded
+        answers = {i: sum(t != -100 for t in enc[i].labels[1:]) for mb in micro_batches for i in mb}
+        total_tokens = max(sum(answers.values()), 1)  # the step's, so each rank knows it without asking
+        parts = []
+        for mb in micro_batches:
+            mine = [mb[j] for j in balanced_shards([len(enc[i].input_ids) for i in mb], world)[self.dist.rank]]
+            if sum(answers[i] for i in mine):  # else every answer truncated away: nothing to learn from these
+                parts += self._passes([enc[i] for i in mine])
+        step_loss, tokens = 0.0, 0
+        count = max(len(parts), 1) if self.dist.distributed else len(parts)  # DDP needs a backward on every rank
+        for n in range(count):
+            part = parts[n] if n < len(parts) else None
+            batch = {k: v.to(self.device) for k, v in self._collate(part or [self.filler]).items()}
+            with self.dist.accumulating(self.train_model, last=n == count - 1):
                 with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                    loss_sum, _ = answer_loss(self.model, batch, self.levers.answer_logits_only)
-                self.scaler.scale(loss_sum / total_tokens).backward()
+                    loss_sum, _ = answer_loss(self.train_model, batch, self.levers.answer_logits_only)
+                # DDP averages the ranks' gradients: x world makes that their sum, the step's loss gradient
+                self.scaler.scale(loss_sum * (world / total_tokens if part else 0.0)).backward()
+            if part:
                 step_loss += loss_sum.item() / total_tokens
-                self.last_step_tokens += sum(len(e.input_ids) for e in part)
+                tokens += sum(len(e.input_ids) for e in part)
+        step_loss, tokens, stops = self.dist.sum([step_loss, tokens, float(self.stop.requested)])
+        self.last_step_tokens = int(tokens)
         self.train_tokens += self.last_step_tokens
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                       self.spec.training.max_grad_norm)
+        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(  # before clipping, as HF logs grad_norm
+            [p for p in self.model.parameters() if p.requires_grad], self.spec.training.max_grad_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return step_loss
+        return step_loss, stops > 0
 
     def _passes(self, group: list) -> list[list]:
         if self.pass_budget is None or self.levers.pad_to_max_length:
@@ -277,7 +304,7 @@ class LoRARecipe:
         ev = self.spec.evaluation
         batch = min(32, max(8, self.spec.training.batch_size * 2))
         tuned = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
-                                      self.device), ev.metrics)
+                                      self.device, self.dist), ev.metrics)
         self.log.append({"event": "eval", "step": self.schedule.total_steps, **tuned})
         samples = self.eval_set[: ev.max_samples]
         refs = [e.response for e in samples]
@@ -287,7 +314,7 @@ class LoRARecipe:
         if ev.compare_base:
             with base_model_context(self.model):
                 base = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
-                                             self.device), ev.metrics)
+                                             self.device, self.dist), ev.metrics)
                 base_out = self._generate(samples, batch)
             base.update(generation_scores(base_out, refs, ev.metrics))
         self.predictions = [{"prompt": e.user_text, "reference": e.response, "base": b, "tuned": t}
@@ -296,7 +323,8 @@ class LoRARecipe:
         return self.results
 
     def _generate(self, examples: list, batch: int) -> list[str]:
-        return generate(self.model, self.formatter, examples, self.spec.evaluation.generation, batch, self.device)
+        return generate(self.model, self.formatter, examples, self.spec.evaluation.generation, batch, self.device,
+                        dist=self.dist)
 
     def _verdicts(self, tuned: dict, batch: int) -> dict:
         ev = self.spec.evaluation
@@ -319,6 +347,9 @@ class LoRARecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self) -> TrainerResult:
+        if not self.dist.is_writer:  # the writer stores everything; every other rank is done
+            return TrainerResult(ok=True, reason="Completed", spec_hash=self.job.spec_hash,
+                                 message=f"rank {self.dist.rank} of {self.dist.world_size}: done")
         self.reporter.stage("saving")
         if self.store.exists(SUCCESS):  # another run of the same spec finished first: keep what it stored
             from .runner import already_complete
@@ -338,6 +369,7 @@ class LoRARecipe:
     def cleanup(self) -> None:
         """Remove the scratch folder (downloaded data, local copies of artefacts and checkpoints)."""
         shutil.rmtree(self.work, ignore_errors=True)
+        self.dist.close()
 
 
 def summary(results: dict) -> str:

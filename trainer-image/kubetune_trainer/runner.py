@@ -12,20 +12,22 @@ from kubetune_api.results import ExitCode, TrainerResult
 from kubetune_api.status import Reason
 
 from .artifacts import SUCCESS, artifact_uris, read_completed
+from .distributed import ProcessGroup
 from .errors import TrainerError, classify
-from .progress import ProgressReporter
 from .handoff import serving_fields
+from .progress import ProgressReporter
 from .stopping import GracefulStop
 from .storage import ArtifactStore, Storage
 
 
 def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: ProgressReporter | None = None,
-            work_dir: str | None = None, stop: GracefulStop | None = None) -> tuple[ExitCode, TrainerResult]:
+            work_dir: str | None = None, stop: GracefulStop | None = None,
+            dist: ProcessGroup | None = None) -> tuple[ExitCode, TrainerResult]:
     """Run the job to completion; never raises for a failure the operator should see."""
     reporter = reporter or ProgressReporter()
     code = ExitCode.OK
     try:
-        result = _run(job, manifest_dir, reporter, work_dir, stop)
+        result = _run(job, manifest_dir, reporter, work_dir, stop, dist)
     except Exception as err:  # noqa: BLE001 - every failure must end as a typed result, bugs included
         typed = classify(err)
         if typed is None:
@@ -40,13 +42,13 @@ def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: Pro
 
 
 def _run(job: FineTuneJob, manifest_dir: Path | None, reporter: ProgressReporter,
-         work_dir: str | None, stop: GracefulStop | None) -> TrainerResult:
+         work_dir: str | None, stop: GracefulStop | None, dist: ProcessGroup | None) -> TrainerResult:
     from .recipe import LoRARecipe
 
     store = ArtifactStore(job.artifact_root(), Storage(job.spec.storage.s3, manifest_dir))
     if store.exists(SUCCESS):
         return already_complete(job, store)
-    recipe = LoRARecipe(job, manifest_dir=manifest_dir, reporter=reporter, work_dir=work_dir, stop=stop)
+    recipe = LoRARecipe(job, manifest_dir=manifest_dir, reporter=reporter, work_dir=work_dir, stop=stop, dist=dist)
     try:
         recipe.setup()
         recipe.train()
@@ -69,9 +71,10 @@ def already_complete(job: FineTuneJob, store: ArtifactStore) -> TrainerResult:
         metrics=stored.get("tuned", {}), base_metrics=stored.get("base", {}),
         gate_passed=stored.get("gatePassed"), gate_message=stored.get("gateMessage"),
         artifacts=artifact_uris(store, job.spec.output.merge_adapter),
+        **serving_fields(stored.get("serving")),
     )
 
-        **serving_fields(stored.get("serving")),
+
 
 def write_termination(path: str | None, result: TrainerResult) -> None:
     if not path:
