@@ -36,6 +36,7 @@ class Reason:
     SECRET_NOT_FOUND = "SecretNotFound"  # a Secret (or a key of it) the pod's env names does not exist
     CONTAINER_CONFIG_ERROR = "ContainerConfigError"  # any other CreateContainerConfigError of the kubelet
     POD_REJECTED = "PodRejected"  # the API server refused the trainer pod (422 Invalid)
+    POD_CREATE_FAILED = "PodCreateFailed"  # the API server refused the pod for now (403 quota / admission)
     NODE_NOT_READY = "NodeNotReady"  # the pod's node stopped reporting Ready
     TRAINING = "Training"
     WAITING = "Waiting"

@@ -51,4 +51,5 @@ def build_event(body: dict[str, Any], status: dict[str, Any], event: Event, now:
         "firstTimestamp": stamp,
         "lastTimestamp": stamp,
         "source": {"component": COMPONENT},
+        "reportingComponent": COMPONENT,  # core/v1 applies no further validation to it
     }

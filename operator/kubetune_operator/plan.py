@@ -21,13 +21,15 @@ from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
 from kubetune_api.status import Artifacts, Progress, is_true, now_rfc3339
 
 from . import stuck
-from .builders import pod_name
+from .builders import pod_name, world_size
 from .conditions import Event, eval_summary, headline, parse_time, read_status, transition_events
 from .observe import PodView, Stage, view_pod
 from .validation import resolve
 
 # How soon to look again while waiting for something no event announces (a pod still being deleted).
 RECHECK_SECONDS = 2.0
+# How soon to try again a pod creation the API server refused for now (403 Forbidden).
+REFUSED_RETRY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Observed:
     runtime: dict[str, Any] | None = None  # spec of the ClusterFineTuneRuntime named by spec.runtimeRef
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node name -> its Ready condition
     rejected: str | None = None  # the API server refused the pod this plan would create (its message)
+    refused: str | None = None  # ... for now (403: a quota, a missing PriorityClass, an admission webhook)
 
 
 @dataclass
@@ -246,10 +249,18 @@ class _Planner:
         if self.obs.rejected is not None:
             self.reject(name, self.obs.rejected)
             return
+        if self.obs.refused is not None:
+            # Possibly temporary (a quota frees up, the PriorityClass gets created): said, and tried again.
+            self.cond(C.SCHEDULED, False, Reason.POD_CREATE_FAILED,
+                      f"the API server refused pod {name}; trying again in {REFUSED_RETRY_SECONDS:.0f}s: "
+                      f"{self.obs.refused}")
+            self.out.wait(REFUSED_RETRY_SECONDS)
+            return
         self.out.create_attempt, self.out.run = attempt, self.st.run
         if attempt == 1:
             self.out.run_start = self.st.run_start_time
         self.st.attempts, self.st.pod_name, self.st.next_attempt_time = attempt, name, None
+        self.st.world_size = world_size(job)
         if resume:
             # As for Kubernetes Jobs, the activeDeadlineSeconds clock restarts on resumption.
             self.st.start_time = self.stamp

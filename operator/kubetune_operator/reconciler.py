@@ -71,6 +71,11 @@ class PodRejected(ApiError):
     """The API server refused the trainer pod as invalid (422): no retry can make it valid."""
 
 
+class PodRefused(ApiError):
+    """The API server refused the trainer pod for now (403: a ResourceQuota, a missing PriorityClass, an
+    admission webhook): said in the status, tried again."""
+
+
 class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, active: bool = True):
         self.kube, self.settings, self.store = kube, settings, store
@@ -311,6 +316,9 @@ class Reconciler:
                 # Planned again with the refusal observed: the job fails, with the API server's words.
                 p = plan(dataclasses.replace(obs, rejected=err.message), self.settings.image_pull_grace)
                 await self._execute(key, fresh, obs.now, p)
+            except PodRefused as err:
+                p = plan(dataclasses.replace(obs, refused=err.message), self.settings.image_pull_grace)
+                await self._execute(key, fresh, obs.now, p)
         if progress is not None:
             self.store.written(key, progress)
         return self._next(key, p)
@@ -326,11 +334,12 @@ class Reconciler:
             # Events first, under names derived from their transition (events.py): one that a crash or a 409
             # keeps from being recorded is planned and posted again, and a repeat answers AlreadyExists.
             for event in p.events:
-                if await self.kube.create_event(build_event(body, p.status, event, now)):
-                    log.info("FineTuneJob %s/%s: %s %s", namespace, name, event.reason, event.message)
+                await self.kube.create_event(build_event(body, p.status, event, now))
             self.jobs[key] = await self.kube.patch_job_status(
                 namespace, name, {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": patch}
             )
+            for event in p.events:  # logged once recorded, whoever posted the Event
+                log.info("FineTuneJob %s/%s: %s %s", namespace, name, event.reason, event.message)
         for pod in p.delete:
             await self.kube.delete(namespace, "pods", pod)
         uid = body["metadata"].get("uid", "")
@@ -352,8 +361,9 @@ class Reconciler:
         try:
             created = await self._ensure(pod)
         except ApiError as err:
-            if err.status == 422:
-                raise PodRejected(err.status, "POST", pod["metadata"]["name"], err.reason, err.message) from err
+            if err.status in (403, 422):
+                kind = PodRejected if err.status == 422 else PodRefused
+                raise kind(err.status, "POST", pod["metadata"]["name"], err.reason, err.message) from err
             raise
         if created and attempt == 1:
             start = parse_time(p.run_start or body["metadata"]["creationTimestamp"])

@@ -183,10 +183,11 @@ NAMESPACED_RULES = {
     # Written blind (create, or merge-patch if it exists) and deleted after the TTL; never read.
     ("", "configmaps", ()): {"create", "patch", "delete"},
     ("", "secrets", ()): {"create", "patch", "delete"},
-    ("", "events", ()): {"create"},  # kopf only ever POSTs Events
+    ("", "events", ()): {"create"},  # the operator (and kopf) only ever POST Events
 }
 CLUSTER_READS = {
     ("kubetune.io", "clusterfinetuneruntimes", ()): {"list", "watch"},  # kopf's watch; never a GET
+    ("", "nodes", ()): {"list", "watch"},  # their Ready condition (NodeNotReady); kopf's watch
     ("apiextensions.k8s.io", "customresourcedefinitions", ()): {"list", "watch"},
 }
 NAMESPACES = {("", "namespaces", ()): {"list", "watch"}}  # kopf, only when given --namespace

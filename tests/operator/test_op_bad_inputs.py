@@ -72,6 +72,11 @@ CASES = [
     # Refused by the API server: fails at once, with its words, no pod.
     Case("pod-422", spec(resources={"gpus": 1, "cpu": "1", "memory": MEMORY, "affinity": AFFINITY_422}),
          "PodRejected", ("rejected pod pod-422-1", "Near"), pods=0),
+    # Refused for now (403 from the Priority admission plugin): said, and tried again every 30 s.
+    Case("no-priority-class", spec(resources={"gpus": 1, "cpu": "1", "memory": MEMORY,
+                                              "priorityClassName": "nowhere-priority"}),
+         "PodCreateFailed", ("refused pod no-priority-class-1", "nowhere-priority"), condition="Scheduled",
+         status="False", pods=0),
     # Refused by the API model: no pod either.
     Case("bad-spec", spec(training={"epochs": 2, "maxSteps": 10}), "InvalidSpec", ("spec.training",), pods=0),
     # The trainer's typed answers: permanent, never retried.

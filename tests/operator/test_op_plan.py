@@ -408,6 +408,19 @@ def test_a_pod_the_api_server_rejects_fails_the_job_at_once_and_an_edit_starts_a
     assert p.create_attempt == 1
 
 
+def test_a_pod_refused_for_now_is_said_and_tried_again():
+    # Not through reconcile(): the refusal is observed once, by the pass whose creation it answered.
+    p = plan(Observed(body=job_body(), pods=[], now=at(0), refused='pods "demo-1" is forbidden: exceeded quota: '
+                                                                  'gpu-quota'), GRACE)
+    body = {**job_body(), "status": p.status}
+    scheduled = cond(body, C.SCHEDULED)
+    assert p.create_attempt is None and body["status"]["attempts"] == 0 and not cond(body, C.FAILED)
+    assert scheduled.reason == Reason.POD_CREATE_FAILED and "exceeded quota: gpu-quota" in scheduled.message
+    assert p.requeue_after == 30
+    p, _ = reconcile(body, now=30)
+    assert p.create_attempt == 1
+
+
 def test_a_not_ready_node_is_named_in_the_status():
     body = started()
     _, body = reconcile(body, [running(body, 1)], now=5)
