@@ -130,12 +130,13 @@ def test_two_runs_of_one_spec_racing_keep_the_first_artefacts(tmp_path, tiny_mod
 
 
 class FlakyS3:
-    """A loopback proxy in front of the S3 server that answers 503 SlowDown to the requests `fail(n)` picks
-    (n counts requests from 0) and forwards the rest unchanged (signatures stay valid: Host is kept)."""
+    """A loopback proxy in front of the S3 server that fails the requests `fail(n)` picks (n counts requests
+    from 0) and forwards the rest unchanged (signatures stay valid: Host is kept). `mode` is how it fails:
+    "503" answers 503 SlowDown, "drop" closes the connection without an answer."""
 
-    def __init__(self, upstream: str, fail):
+    def __init__(self, upstream: str, fail, mode: str = "503"):
         self.upstream = upstream.removeprefix("http://")
-        self.fail, self.count, self.failed, self.lock = fail, 0, 0, threading.Lock()
+        self.fail, self.mode, self.count, self.failed, self.lock = fail, mode, 0, 0, threading.Lock()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -160,6 +161,10 @@ class FlakyS3:
             n, self.count = self.count, self.count + 1
             failing = self.fail(n)
             self.failed += failing
+        if failing and self.mode == "drop":
+            req.close_connection = True
+            req.connection.shutdown(2)
+            return
         if failing:
             payload = b"" if req.command == "HEAD" else (
                 b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>Please reduce your request rate."
@@ -220,11 +225,12 @@ def success_exists(s3, config: Path) -> bool:
         return False
 
 
-def test_s3_answering_503_for_a_while_does_not_fail_the_job(s3, bucket, tmp_path, cache_dir):
-    # The first 3 requests fail, then every 4th of the next 40: reads, lists and writes all meet a 503.
-    proxy = FlakyS3(s3.endpoint, lambda n: n < 3 or (n < 43 and n % 4 == 0))
+@pytest.mark.parametrize("mode", ["503", "drop"])
+def test_s3_failing_for_a_while_does_not_fail_the_job(s3, bucket, tmp_path, cache_dir, mode):
+    # The first 3 requests fail, then every 4th of the next 40: reads, lists and writes all meet a fault.
+    proxy = FlakyS3(s3.endpoint, lambda n: n < 3 or (n < 43 and n % 4 == 0), mode)
     try:
-        config = s3_job(tmp_path, proxy.endpoint, "flaky")
+        config = s3_job(tmp_path, proxy.endpoint, f"flaky-{mode}")
         proc = run_cli(["train"], env=pod_env(s3, tmp_path, config, cache_dir))
     finally:
         proxy.close()
