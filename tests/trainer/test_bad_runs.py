@@ -251,3 +251,35 @@ def test_s3_down_past_the_retry_budget_is_a_transient_failure(s3, bucket, tmp_pa
     assert not result.ok and f"cannot reach S3 at {closed}" in result.message
     assert "internal error" not in result.message and "Traceback" not in proc.stderr
     assert not success_exists(s3, config)
+
+
+@pytest.mark.parametrize("case,code,says", [
+    ("missing-bucket", ExitCode.NOT_FOUND, "s3://kt-no-such-bucket/train.jsonl does not exist"),
+    ("missing-object", ExitCode.NOT_FOUND, f"s3://{BUCKET}/data/absent.jsonl does not exist"),
+    ("wrong-secret", ExitCode.ACCESS_DENIED, "AWS_SECRET_ACCESS_KEY"),
+    ("pickle-model-in-s3", ExitCode.INVALID_CONFIG, "spec.model.allowPickleWeights: true"),
+    ("s3-down", ExitCode.TRANSIENT, "cannot reach S3 at http://127.0.0.1:"),
+])
+def test_storage_problems_are_caught_by_validate(s3, bucket, tmp_path, case, code, says):
+    from fixtures.s3 import free_port
+
+    if case == "pickle-model-in-s3":
+        s3.client().put_object(Bucket=BUCKET, Key="models/pickled/config.json", Body=b"{}")
+        s3.client().put_object(Bucket=BUCKET, Key="models/pickled/pytorch_model.bin", Body=b"not read")
+    endpoint = f"http://127.0.0.1:{free_port()}" if case == "s3-down" else s3.endpoint
+    config = s3_job(tmp_path, endpoint, f"v-{case}")
+    doc = yaml.safe_load(config.read_text())
+    spec = doc["spec"]
+    if case == "missing-bucket":
+        spec["dataset"]["train"]["uri"] = "s3://kt-no-such-bucket/train.jsonl"
+    if case == "missing-object":
+        spec["dataset"]["train"]["uri"] = f"s3://{BUCKET}/data/absent.jsonl"
+    if case == "pickle-model-in-s3":
+        spec["model"]["uri"] = f"s3://{BUCKET}/models/pickled"
+    env = {**s3.env(), "AWS_MAX_ATTEMPTS": "2"}
+    if case == "wrong-secret":
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    proc = run_cli(["validate", str(write_manifest(config, doc))], env=env, timeout=120)
+    assert proc.returncode == code, proc.stderr[-2000:]
+    assert says in proc.stderr and "Traceback" not in proc.stderr and "not-the-secret" not in proc.stderr
+    assert code.retryable == (case == "s3-down"), "only an unreachable store is worth retrying"
