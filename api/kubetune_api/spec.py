@@ -315,6 +315,13 @@ class TrainingSpec(ApiModel):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto", description="Training precision; auto uses bf16 on GPUs that support it, fp32 on CPU."
     )
+    sharding: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto",
+        description="How several GPUs (resources.gpus > 1) share the work: ddp keeps the whole base on every GPU "
+        "and all-reduces the adapter's gradients; fsdp (FSDP2) splits the base and the adapter across the GPUs, "
+        "for bases that do not fit one. auto picks ddp when the base fits one GPU, else fsdp. fsdp needs "
+        "method.type lora. Default: auto.",
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> TrainingSpec:
@@ -401,6 +408,17 @@ class EvaluationSpec(ApiModel):
         return self
 
 
+class ServingSpec(ApiModel):
+    """What the adapter is checked against at save time (the ServingCompatible condition)."""
+
+    max_lora_rank: int = Field(
+        default=16, ge=1, le=1024,
+        description="The highest adapter rank your serving engine is started for (vLLM's --max-lora-rank, "
+        "SGLang's --max-lora-rank). A larger method.lora.r sets ServingCompatible False with the flag to use; "
+        "training is not changed. Default: 16 (vLLM's default).",
+    )
+
+
 class OutputSpec(ApiModel):
     """Where artefacts go: {uri}/{namespace}/{name}/{specHash}/."""
 
@@ -408,6 +426,7 @@ class OutputSpec(ApiModel):
     merge_adapter: bool = Field(
         default=False, description="Also write the base model with the adapter merged in (merged/). Default: false."
     )
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="The serving engine's limits.")
 
     @field_validator("uri")
     @classmethod
@@ -426,17 +445,6 @@ class S3Spec(ApiModel):
     )
     region: str = Field(default="us-east-1", description="Region. Default: us-east-1.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(
-class ServingSpec(ApiModel):
-    """What the adapter is checked against at save time (the ServingCompatible condition)."""
-
-    max_lora_rank: int = Field(
-        default=16, ge=1, le=1024,
-        description="The highest adapter rank your serving engine is started for (vLLM's --max-lora-rank, "
-        "SGLang's --max-lora-rank). A larger method.lora.r sets ServingCompatible False with the flag to use; "
-        "training is not changed. Default: 16 (vLLM's default).",
-    )
-
-
         default="auto", description="Bucket addressing; most self-hosted stores need path. Default: auto."
     )
     secret_ref: S3SecretRef | None = Field(
@@ -444,7 +452,6 @@ class ServingSpec(ApiModel):
     )
 
 
-    serving: ServingSpec = Field(default_factory=ServingSpec, description="The serving engine's limits.")
 class StorageSpec(ApiModel):
     """Object storage settings shared by the model, dataset and output URIs."""
 
@@ -567,6 +574,9 @@ class FineTuneJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _rules(self) -> FineTuneJobSpec:
+        if self.training.sharding == "fsdp" and self.method.type == "qlora":
+            raise ValueError("training.sharding fsdp needs method.type lora: sharding a 4-bit base is not supported "
+                             "yet; use sharding ddp (or auto), where each GPU holds the whole 4-bit base")
         if self.storage.s3.secret_ref is not None and not self._uses_s3():
             raise ValueError("storage.s3.secretRef is set but no model, dataset or output uri uses s3://")
         problems = overlap_errors(self.uris())

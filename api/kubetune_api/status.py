@@ -123,6 +123,10 @@ class FineTuneJobStatus(ApiModel):
         default=None, description="When the next attempt starts, after a retryable failure (RFC 3339)."
     )
     pod_name: str | None = Field(default=None, description="The current or last trainer pod.")
+    world_size: int | None = Field(
+        default=None, description="Training processes of the current or last pod: one per GPU, under torchrun "
+        "when more than one (WORLD_SIZE); spec.training.batchSize is per process."
+    )
     start_time: str | None = Field(default=None, description="When the first pod of this run was created.")
     completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")
     progress: Progress | None = Field(default=None, description="Live training progress.")

@@ -150,7 +150,27 @@ def _env(job: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
     hub = spec.model.secret_ref
     if hub is not None:
         env.append(_secret_env(Env.HF_TOKEN, hub.name, hub.key))
-    return env
+    return env + _torchrun_env(job)
+
+
+def world_size(job: FineTuneJob) -> int:
+    """Training processes in the pod: one per GPU (one on CPU)."""
+    return max(1, job.spec.resources.gpus)
+
+
+def _torchrun_env(job: FineTuneJob) -> list[dict[str, Any]]:
+    """With several GPUs `kubetune train` becomes torchrun's agent and starts one worker per GPU. The
+    settings are torchrun's own PET_* variables (`torchrun` reads each flag from PET_<FLAG>), so a
+    multi-node gang replaces PET_STANDALONE with PET_NNODES, PET_NODE_RANK and the rendezvous ones."""
+    if world_size(job) == 1:
+        return []
+    return [
+        {"name": "PET_NPROC_PER_NODE", "value": str(world_size(job))},
+        {"name": "PET_STANDALONE", "value": "1"},
+        # On SIGTERM the agent gives the workers this long to finish the step and checkpoint it, then
+        # kills them and writes the termination message before the kubelet's grace period ends.
+        {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(GRACE_SECONDS - 10)},
+    ]
 
 
 def _resources(job: FineTuneJob) -> dict[str, Any]:

@@ -259,6 +259,8 @@ def test_s3_down_past_the_retry_budget_is_a_transient_failure(s3, bucket, tmp_pa
     ("wrong-secret", ExitCode.ACCESS_DENIED, "AWS_SECRET_ACCESS_KEY"),
     ("pickle-model-in-s3", ExitCode.INVALID_CONFIG, "spec.model.allowPickleWeights: true"),
     ("s3-down", ExitCode.TRANSIENT, "cannot reach S3 at http://127.0.0.1:"),
+    ("file-over-limit", ExitCode.DATA_INVALID, f"s3://{BUCKET}/data/big.jsonl: the file is 2.7 KiB as stored, "
+                                               "more than 1.0 KiB (dataset.maxFileBytes = 1024); it was not downloaded"),
 ])
 def test_storage_problems_are_caught_by_validate(s3, bucket, tmp_path, case, code, says):
     from fixtures.s3 import free_port
@@ -276,6 +278,10 @@ def test_storage_problems_are_caught_by_validate(s3, bucket, tmp_path, case, cod
         spec["dataset"]["train"]["uri"] = f"s3://{BUCKET}/data/absent.jsonl"
     if case == "pickle-model-in-s3":
         spec["model"]["uri"] = f"s3://{BUCKET}/models/pickled"
+    if case == "file-over-limit":
+        big = "".join(json.dumps(r) + "\n" for r in sku_rows() * 3).encode()
+        s3.client().put_object(Bucket=BUCKET, Key="data/big.jsonl", Body=big)
+        spec["dataset"].update(train={"uri": f"s3://{BUCKET}/data/big.jsonl"}, maxFileBytes=1024)
     env = {**s3.env(), "AWS_MAX_ATTEMPTS": "2"}
     if case == "wrong-secret":
         env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"

@@ -18,6 +18,7 @@ import bz2
 import contextlib
 import csv
 import gzip
+import itertools
 import json
 import lzma
 from collections.abc import Iterator
@@ -92,6 +93,14 @@ class _Counter:
                             "in one folder, or raise dataset.maxFileBytes")
 
 
+def check_stored_size(name: str, size: int, limits: Limits) -> None:
+    """Refuse a file from its listed size, before it is downloaded: decompressing never makes it smaller."""
+    if size > limits.max_file_bytes:
+        raise DataError(f"{name}: the file is {_human(size)} as stored, more than {_human(limits.max_file_bytes)} "
+                        f"(dataset.maxFileBytes = {limits.max_file_bytes}); it was not downloaded. Split it into "
+                        "several files in one folder, or raise dataset.maxFileBytes")
+
+
 def _too_long(name: str, row: int, limits: Limits, size: str, unit: str = "row") -> DataError:
     return DataError(f"{name}: {unit} {row} is longer than {_human(limits.max_row_bytes)} ({size}; dataset.maxRowBytes "
                      f"= {limits.max_row_bytes}); shorten or drop the row, or raise dataset.maxRowBytes")
@@ -110,7 +119,7 @@ def text_lines(stream: BinaryIO, name: str, limits: Limits, unit: str = "row") -
     """(1-based line number, decoded line) with the row and file limits applied as the bytes arrive. `unit`
     is what a line is called in messages: a row of JSON Lines, a line of CSV (whose rows are records)."""
     counter, offset = _Counter(name, limits), 0
-    for number in range(1, 1 << 62):
+    for number in itertools.count(1):
         raw = stream.readline(limits.max_row_bytes + 1)
         if not raw:
             return

@@ -20,6 +20,7 @@ from . import preflight
 from .artifacts import SUCCESS, write_artifacts
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
+from .datafiles import Limits, check_stored_size
 from .distributed import ProcessGroup, balanced_shards
 from .errors import ConfigError
 from .evaluation import base_model_context, generate, mean_loss
@@ -128,7 +129,9 @@ class LoRARecipe:
 
     def _read(self, role: str, uri: str) -> list[datamod.Example]:
         files, infos = [], []
+        limits = Limits(self.spec.dataset.max_row_bytes, self.spec.dataset.max_file_bytes)
         for i, info in enumerate(self.storage.list_files(uri)):
+            check_stored_size(info.uri, info.size, limits)  # before downloading a file that would be refused
             local, info = self.storage.fetch(info, self.work / "data" / role / f"{i}-{Path(info.uri).name}")
             files.append((local, info.uri))
             infos.append({k: v for k, v in vars(info).items() if v is not None})
