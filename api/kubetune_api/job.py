@@ -81,6 +81,8 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
     mean the same run hash the same whatever they spell out or in which order."""
     effective = spec.model_dump(mode="json", by_alias=True, include=set(HASHED_FIELDS))
     effective["mergeAdapter"] = spec.output.merge_adapter
+    # How the work is split across GPUs, like resources.gpus, changes how a run goes, not what it trains.
+    effective["training"].pop("sharding", None)
     for path in HASH_NEUTRAL_AT_DEFAULT:
         parent = effective
         for key in path[:-1]:

@@ -72,6 +72,7 @@ def test_a_field_added_since_counts_once_set_away_from_its_default():
 
 def test_hash_ignores_how_and_where_it_runs():
     operational = {**BASE, "resources": {"gpus": 2, "memory": "80Gi"}, "suspend": True, "image": "x:1",
+                   "training": {"sharding": "fsdp"},
                    "failurePolicy": {"maxRetries": 5}, "activeDeadlineSeconds": 60, "ttlSecondsAfterFinished": 1}
     assert h(BASE) == h(operational)
 
