@@ -253,18 +253,21 @@ def test_every_rbac_rule_is_commented_by_purpose():
 
 def test_presets_are_valid_runtimes_for_each_model_family(rendered):
     runtimes = {d["metadata"]["name"]: d for d in _kinds(rendered["default"], "ClusterFineTuneRuntime")}
-    assert set(runtimes) == {"llama", "mistral", "gemma", "smollm2-cpu"}
+    assert set(runtimes) == {"llama", "mistral", "gemma", "llama-13b", "llama-70b", "smollm2-cpu"}
     schema = all_crds()["kubetune.io_clusterfinetuneruntimes.yaml"]["spec"]["versions"][0]["schema"]
     for doc in runtimes.values():
         parse_runtime(doc)
         jsonschema.Draft4Validator(schema["openAPIV3Schema"]).validate(doc)
         assert doc["spec"]["image"] == "ghcr.io/kubetune/trainer:0.1.0"
     families = {name: d["spec"]["modelFamily"] for name, d in runtimes.items()}
-    assert families == {"llama": "llama", "mistral": "mistral", "gemma": "gemma", "smollm2-cpu": "smollm2"}
+    assert families == {"llama": "llama", "mistral": "mistral", "gemma": "gemma", "llama-13b": "llama",
+                        "llama-70b": "llama", "smollm2-cpu": "smollm2"}
     job = {"model": {"uri": "bundled://smollm2-135m-instruct"}, "dataset": {"train": {"uri": "/data/t.jsonl"}},
            "output": {"uri": "/out"}, "runtimeRef": "smollm2-cpu"}
     spec = parse_spec(apply_runtime(job, runtimes["smollm2-cpu"]["spec"], "smollm2-cpu"))
     assert spec.resources.gpus == 0 and spec.method.lora.target_modules == ["q_proj", "v_proj"]
+    big = parse_spec(apply_runtime({**job, "runtimeRef": "llama-70b"}, runtimes["llama-70b"]["spec"], "llama-70b"))
+    assert (big.resources.gpus, big.training.sharding, big.method.type) == (8, "fsdp", "lora")
     assert not _kinds(rendered["monitoring-no-runtimes"], "ClusterFineTuneRuntime")
 
 

@@ -17,7 +17,7 @@ from .helm import helm_run, install_chart
 pytestmark = pytest.mark.k8s
 
 ROOT = Path(__file__).resolve().parents[2]
-PRESETS = {"llama", "mistral", "gemma", "smollm2-cpu"}
+PRESETS = {"llama", "mistral", "gemma", "llama-13b", "llama-70b", "smollm2-cpu"}
 CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
 
 

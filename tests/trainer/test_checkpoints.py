@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from kubetune_api.spec import S3Spec
 from kubetune_trainer.checkpoints import Checkpoints
+from kubetune_trainer.distributed import ProcessGroup
 from kubetune_trainer.storage import ArtifactStore, Storage
 
 
@@ -22,12 +23,14 @@ def test_s3_checkpoints_resume_the_newest_complete_and_keep_the_last_k(s3, s3_en
     scheduler = get_scheduler("linear", optimizer, num_warmup_steps=0, num_training_steps=10)
     checkpoints = Checkpoints(store, every_steps=2, keep=1, scratch=tmp_path)
     assert checkpoints.latest() is None
+    one = ProcessGroup()  # one process: whole tensors as they are
 
     lora_b = next(p for n, p in model.named_parameters() if "lora_B" in n)
     for step in (2, 4):
         with torch.no_grad():
             lora_b.fill_(float(step))
-        checkpoints.save(step, model, optimizer, scheduler, {"log": [{"event": "step", "step": step}]})
+        checkpoints.save(step, one.trainable_state(model), one.optimizer_state(model, optimizer), scheduler,
+                         {"log": [{"event": "step", "step": step}]})
     client = s3.client()
     client.put_object(Bucket=bucket, Key="runs/ns/job/abc123/checkpoints/step-6/adapter.pt", Body=b"cut short")
     assert store.list_dirs("checkpoints") == ["step-4", "step-6"], "step-2 was pruned (keep: 1)"
@@ -35,7 +38,8 @@ def test_s3_checkpoints_resume_the_newest_complete_and_keep_the_last_k(s3, s3_en
 
     with torch.no_grad():
         lora_b.zero_()
-    state = checkpoints.load(4, model, optimizer, scheduler)
+    trainable, optimizer_state, state = checkpoints.load(4, scheduler)
+    one.load_state(model, optimizer, trainable, optimizer_state)
     assert state["step"] == 4 and state["log"][-1]["step"] == 4
     assert torch.all(lora_b == 4.0)
     outside = client.list_objects_v2(Bucket=bucket, Prefix="runs/ns/job/")["Contents"]

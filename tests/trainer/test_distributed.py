@@ -160,3 +160,43 @@ def test_a_killed_one_process_run_resumes_on_two(tmp_path, tiny_model):
     assert [e["worldSize"] for e in events if e["event"] == "start"] == [1, 2]
     assert [e["step"] for e in events if e["event"] == "step"] == list(range(1, 31))
     assert_same_adapter(adapter(root), adapter(ref_root))
+
+
+def test_fsdp_on_two_processes_trains_what_one_process_trains_and_its_checkpoint_resumes_on_one(tmp_path, tiny_model):
+    """training.sharding fsdp (FSDP2: base and adapter split across the ranks): the same adapter, losses,
+    gradient norms (the check that catches gloo reducing FSDP2 gradients by sum instead of average) and
+    evaluation as one process with the same global batch. Its step-3 checkpoint holds whole tensors: one
+    process resumes from it and ends with the same adapter."""
+    one_cfg, one_root = job(tmp_path, tiny_model, "one", batch=4)
+    two_cfg, two_root = job(tmp_path, tiny_model, "sharded", batch=2, sharding="fsdp")
+    one = run(ONE_PROCESS, env_for(tmp_path, one_cfg))
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run(TORCHRUN, env_for(tmp_path, two_cfg))
+    assert two.returncode == 0, two.stderr[-3000:]
+    for a, b in zip(steps(one_root), steps(two_root), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["gradNorm"] - b["gradNorm"]) <= 1e-4 * a["gradNorm"], (a, b)
+    assert_same_adapter(adapter(one_root), adapter(two_root))
+    predictions = [Path(f"{root}predictions.jsonl").read_text() for root in (one_root, two_root)]
+    assert predictions[0] == predictions[1]
+
+    import torch
+
+    saved = torch.load(f"{two_root}checkpoints/step-3/adapter.pt")
+    assert {k: v.shape for k, v in saved.items()} == {k: v.shape for k, v in adapter_params(tiny_model).items()}
+    for name in ("_SUCCESS", "adapter/adapter_model.safetensors"):
+        Path(f"{two_root}{name}").unlink()
+    again = run(ONE_PROCESS, env_for(tmp_path, two_cfg))
+    assert again.returncode == 0, again.stderr[-3000:]
+    with open(f"{two_root}train-log.jsonl") as f:
+        assert [e["step"] for e in map(json.loads, f) if e["event"] == "resume"] == [3]
+    assert_same_adapter(adapter(one_root), adapter(two_root))
+
+
+def adapter_params(tiny_model) -> dict:
+    """The trainable parameters of the tests' LoRA shape on the tiny model, as one process names them."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}

@@ -33,7 +33,7 @@ def write_artifacts(recipe) -> dict[str, str]:
     """Everything a user needs to trust and load the adapter; returns the URIs by name."""
     store, out = recipe.store, recipe.work / "out"
     out.mkdir(parents=True, exist_ok=True)
-    recipe.model.save_pretrained(out / "adapter")
+    recipe.model.save_pretrained(out / "adapter", state_dict=recipe.adapter_state)  # whole tensors under FSDP
     recipe.tokenizer.save_pretrained(out / "adapter")
     lineage = _hand_off(recipe, out)
     store.put_tree("adapter", out / "adapter")

@@ -44,15 +44,16 @@ class Checkpoints:
         """The training state a checkpoint was saved with (its state.json), without downloading the rest."""
         return json.loads(self.store.read_text(f"{PREFIX}/step-{step}/state.json"))
 
-    def save(self, step: int, model, optimizer, scheduler, state: dict) -> str:
+    def save(self, step: int, trainable: dict, optimizer_state: dict, scheduler, state: dict) -> str:
+        """`trainable` and `optimizer_state` hold whole tensors keyed by parameter name (distributed.py), so
+        any number of processes, sharded or not, can resume from them."""
         import torch
 
         local = self.scratch / f"step-{step}"
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
-        trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
         torch.save(trainable, local / "adapter.pt")
-        torch.save(optimizer.state_dict(), local / "optimizer.pt")
+        torch.save(optimizer_state, local / "optimizer.pt")
         torch.save(scheduler.state_dict(), local / "scheduler.pt")
         torch.save(_rng_state(), local / "rng.pt")
         (local / "state.json").write_text(json.dumps({**state, "step": step}))
@@ -72,22 +73,17 @@ class Checkpoints:
             if step not in keep and (ok or step < newest):
                 self.store.delete_tree(f"{PREFIX}/step-{step}")
 
-    def load(self, step: int, model, optimizer, scheduler) -> dict:
+    def load(self, step: int, scheduler) -> tuple[dict, dict, dict]:
+        """(trainable tensors, optimizer state, state.json) of a checkpoint; the scheduler and the RNGs are
+        restored here, the tensors by the caller (distributed.ProcessGroup.load_state)."""
         import torch
 
         local = self.store.get_tree(f"{PREFIX}/step-{step}", self.scratch / f"resume-{step}")
         trainable = torch.load(local / "adapter.pt", map_location="cpu")
-        params = dict(model.named_parameters())
-        missing = [n for n in trainable if n not in params]
-        if missing:
-            raise RuntimeError(f"checkpoint step-{step} does not match the model: {missing[:3]}")
-        with torch.no_grad():
-            for name, value in trainable.items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(torch.load(local / "optimizer.pt", map_location="cpu"))
+        optimizer_state = torch.load(local / "optimizer.pt", map_location="cpu")
         scheduler.load_state_dict(torch.load(local / "scheduler.pt", map_location="cpu"))
         _set_rng_state(torch.load(local / "rng.pt", map_location="cpu", weights_only=False))
-        return json.loads((local / "state.json").read_text())
+        return trainable, optimizer_state, json.loads((local / "state.json").read_text())
 
 
 def _rng_state() -> dict:

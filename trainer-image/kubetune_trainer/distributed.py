@@ -5,9 +5,14 @@ is a no-op, so a plain `kubetune train` never imports torch.distributed.
 Under torchrun (or `kubetune train` with PET_NPROC_PER_NODE > 1, see launch.py) each worker has RANK,
 WORLD_SIZE and LOCAL_RANK in its environment. The group uses NCCL on CUDA and gloo on CPU.
 
-Data parallelism: every rank holds the whole model and the adapter, and trains its share of each optimizer
-step; the adapter's gradients are all-reduced by torch's DistributedDataParallel (averaged), after which
-every rank takes the same optimizer step, so the adapters stay identical without ever being broadcast.
+Data parallelism (`training.sharding: ddp`): every rank holds the whole model and the adapter, and trains
+its share of each optimizer step; the adapter's gradients are all-reduced by torch's DistributedDataParallel
+(averaged), after which every rank takes the same optimizer step, so the adapters stay identical.
+
+Sharded data parallelism (`fsdp`, torch's FSDP2 `fully_shard`): each decoder layer's weights, frozen base and
+LoRA alike, are split across the ranks and gathered for the layer's forward and backward only, so a base
+that does not fit one GPU trains on several. Every forward is then a collective: all ranks run the same
+number of passes per step, and evaluation runs every batch on every rank instead of sharding them.
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ class ProcessGroup:
             raise ValueError(f"RANK {rank} is outside WORLD_SIZE {world_size}")
         self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
         self.device = "cpu"
+        self.sharded = False  # FSDP: parameters are DTensors, forwards are collectives
         self._started = False
+        self._root = None  # the module fully_shard made the FSDP root
 
     @classmethod
     def from_env(cls) -> ProcessGroup:
@@ -112,12 +119,17 @@ class ProcessGroup:
         return box[0]
 
     def shard(self, items: list) -> list:
-        """This rank's share of `items` for work every rank splits: items rank, rank + W, rank + 2W, ..."""
-        return items[self.rank::self.world_size]
+        """This rank's share of `items` for work every rank splits: items rank, rank + W, rank + 2W, ...
+        (all of them under FSDP, where every rank must run every forward)."""
+        return items if self.sharded else items[self.rank::self.world_size]
+
+    def sum_shards(self, values: list[float]) -> list[float]:
+        """Totals of per-shard sums: added over the ranks, unless every rank ran every shard (FSDP)."""
+        return list(values) if self.sharded else self.sum(values)
 
     def gather(self, mine: list) -> list:
         """The inverse of `shard`: every rank's results in the order of the items `shard` was given."""
-        if not self._started:
+        if not self._started or self.sharded:
             return list(mine)
         import torch.distributed as dist
 
@@ -129,11 +141,14 @@ class ProcessGroup:
         return out
 
     # ---- data parallelism --------------------------------------------------------------------------
-    def wrap(self, model):
-        """`model` under DistributedDataParallel (only its trainable parameters are synchronised), or the
-        model itself for one process."""
+    def wrap(self, model, sharding: str = "ddp"):
+        """The module the training forward goes through: `model` under DistributedDataParallel (only its
+        trainable parameters are synchronised), `model` itself sharded in place by FSDP2, or the model
+        itself for one process."""
         if not self._started:
             return model
+        if sharding == "fsdp":
+            return self._fully_shard(model)
         from torch.nn.parallel import DistributedDataParallel
 
         # Frozen base weights (4-bit ones included) and buffers are identical on every rank by
@@ -144,10 +159,100 @@ class ProcessGroup:
         return DistributedDataParallel(model, device_ids=[self.local_rank] if self.device == "cuda" else None,
                                        broadcast_buffers=False)
 
+    def _fully_shard(self, model):
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        # The root is the transformers model under the PEFT wrapper: generate() calls its forward directly,
+        # and the root's hooks are what gather its own parameters (embeddings, final norm, output layer).
+        root = model.get_base_model()
+        mesh = init_device_mesh(self.device, (self.world_size,))
+        layer_types = set(getattr(root, "_no_split_modules", None) or [])
+        for module in root.modules():
+            if type(module).__name__ in layer_types:
+                fully_shard(module, mesh=mesh)
+        fully_shard(root, mesh=mesh)
+        self.sharded, self._root = True, root
+        return model
+
     def accumulating(self, wrapped, last: bool):
-        """Around one forward/backward pass of a step (`wrapped` from `wrap`): the gradients are all-reduced
+        """Around one forward/backward pass of a step (`wrapped` from `wrap`): the gradients are reduced
         in the backward of the `last` pass only."""
+        if self.sharded:
+            self._root.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
         return wrapped.no_sync() if self._started and not last else contextlib.nullcontext()
+
+    # ---- checkpoints: whole tensors, whatever the sharding, so any world size can resume them ----------
+    def trainable_state(self, model) -> dict:
+        """{name: whole CPU tensor} of the trainable parameters (gathered from every rank under FSDP: all
+        ranks call this together)."""
+        out = {}
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                full = p.full_tensor() if self.sharded else p
+                out[name] = full.detach().cpu().clone()
+        return out
+
+    def optimizer_state(self, model, optimizer) -> dict:
+        """The optimizer's state keyed by parameter name, whole tensors on the writer (all ranks call it)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True) if self._started else None
+        return get_optimizer_state_dict(model, optimizer, options=options)
+
+    def load_state(self, model, optimizer, trainable: dict, optimizer_state: dict) -> None:
+        """Put whole tensors from a checkpoint back into (possibly sharded) parameters and optimizer state."""
+        import torch
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        params = dict(model.named_parameters())
+        missing = [n for n in trainable if n not in params]
+        if missing:
+            raise RuntimeError(f"the checkpoint does not match the model: {missing[:3]}")
+        with torch.no_grad():
+            for name, value in trainable.items():
+                p = params[name]
+                if self.sharded:
+                    from torch.distributed.tensor import distribute_tensor
+
+                    value = distribute_tensor(value.to(p.dtype), p.device_mesh, p.placements).to_local()
+                    p.to_local().copy_(value)
+                else:
+                    p.copy_(value)
+        if all(isinstance(k, int) for k in optimizer_state.get("state", {})):  # a checkpoint from before names
+            optimizer.load_state_dict(optimizer_state)
+            return
+        options = StateDictOptions(full_state_dict=True) if self._started else None
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state, options=options)
+
+
+def choose_sharding(requested: str, method: str, device: str, weights_bytes: int, device_bytes: int) -> str:
+    """`training.sharding` resolved: auto picks DDP when the base fits one device with room to train
+    (its weights at most half the device's memory, which leaves the rest for activations, the adapter and
+    its optimizer state), FSDP when it does not. QLoRA is always DDP here: its 4-bit base fits where the
+    full-precision one does not, and sharding bitsandbytes' uint8 storage would train silently wrong."""
+    if requested != "auto":
+        return requested
+    if method == "qlora" or device != "cuda":
+        return "ddp"
+    return "ddp" if weights_bytes <= device_bytes // 2 else "fsdp"
+
+
+def weights_bytes(model_path) -> int:
+    """Bytes of a model folder's weight files (what the base takes in memory at its stored precision)."""
+    from pathlib import Path
+
+    return sum(f.stat().st_size for f in Path(model_path).rglob("*") if f.suffix in (".safetensors", ".bin"))
+
+
+def device_bytes(device: str) -> int:
+    """Memory of one accelerator (0 on CPU, where the choice does not arise)."""
+    if device != "cuda":
+        return 0
+    import torch
+
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
 
 
 def balanced_shards(lengths: list[int], world_size: int) -> list[list[int]]:

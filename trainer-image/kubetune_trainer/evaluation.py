@@ -26,7 +26,7 @@ def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, devic
             total += loss.item()
             tokens += count
     if dist:
-        total, tokens = dist.sum([total, tokens])
+        total, tokens = dist.sum_shards([total, tokens])
     return total / max(tokens, 1)
 
 

@@ -21,7 +21,7 @@ from .artifacts import SUCCESS, write_artifacts
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
 from .datafiles import Limits, check_stored_size
-from .distributed import ProcessGroup, balanced_shards
+from .distributed import ProcessGroup, balanced_shards, choose_sharding, device_bytes, weights_bytes
 from .errors import ConfigError
 from .evaluation import base_model_context, generate, mean_loss
 from .handoff import serving_fields
@@ -175,7 +175,11 @@ class LoRARecipe:
         for message in preflight.check_answers(self.train_encoded, self.eval_encoded, spec.dataset.max_seq_length):
             self.data_report.warnings.append(message)
             warn(message)
-        self.model = load_model(self.model_path, spec.method, self.device, self.dtype, spec.model.trust_remote_code,
+        self.sharding = choose_sharding(spec.training.sharding, spec.method.type, self.device,
+                                        weights_bytes(self.model_path), device_bytes(self.device))
+        # Under FSDP the base loads into host memory and fully_shard moves each rank's shard to its GPU.
+        on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.device
+        self.model = load_model(self.model_path, spec.method, on, self.dtype, spec.model.trust_remote_code,
                                 spec.model.allow_pickle_weights)
 
     def _setup_adapter(self) -> None:
@@ -187,7 +191,7 @@ class LoRARecipe:
         self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing)
         if t.packing:
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
-        self.train_model = self.dist.wrap(self.model)  # DDP under torchrun; the model itself for one process
+        self.train_model = self.dist.wrap(self.model, self.sharding)  # DDP or FSDP under torchrun
         usable = [e for e in self.train_encoded if any(t != -100 for t in e.labels[1:])] or self.train_encoded
         self.filler = min(usable, key=lambda e: len(e.input_ids))  # a rank's zero-weight pass when it has none
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -228,21 +232,29 @@ class LoRARecipe:
                                  "learningRate": lr, "tokens": self.last_step_tokens,
                                  "time": round(time.time(), 3)})
                 self.reporter.step(step.number, step.epoch, loss, lr)
-                if (self.checkpoints.due(step.number, total) or stopping) and self.dist.is_writer:
-                    self.checkpoints.save(step.number, self.model, self.optimizer, self.scheduler,
-                                          {"log": self.log, "trainSeconds": self.train_seconds + time.monotonic() - began,
-                                           "microBatch": self.micro_batch, "worldSize": self.dist.world_size})
+                if self.checkpoints.due(step.number, total) or stopping:
+                    self._checkpoint(step.number, self.train_seconds + time.monotonic() - began)
                 if stopping:  # every rank got (or was told of) SIGTERM after this step; leave once it is saved
                     self.dist.barrier()
                     raise Interrupted(f"stopped by SIGTERM after step {step.number} of {total} (pod deleted or node "
                                       f"drained); checkpoint step-{step.number} saved, the next attempt resumes there")
             self.train_seconds += time.monotonic() - began
 
+    def _checkpoint(self, step: int, seconds: float) -> None:
+        # Whole tensors gathered by every rank (FSDP shards them), written by one.
+        trainable = self.dist.trainable_state(self.model)
+        optimizer = self.dist.optimizer_state(self.model, self.optimizer)
+        if self.dist.is_writer:
+            self.checkpoints.save(step, trainable, optimizer, self.scheduler,
+                                  {"log": self.log, "trainSeconds": seconds, "microBatch": self.micro_batch,
+                                   "worldSize": self.dist.world_size, "sharding": self.sharding})
+
     def _resume(self) -> int:
         step = self.resume_step  # the writer's choice, so every rank resumes from the same checkpoint
         if step is None:
             return 0
-        state = self.checkpoints.load(step, self.model, self.optimizer, self.scheduler)
+        trainable, optimizer, state = self.checkpoints.load(step, self.scheduler)
+        self.dist.load_state(self.model, self.optimizer, trainable, optimizer)
         self.log = [e for e in state.get("log", []) if e.get("step", 0) <= step]
         self.train_seconds = state.get("trainSeconds", 0.0)
         self.log.append({"event": "resume", "step": step, "time": round(time.time(), 3)})
@@ -258,20 +270,22 @@ class LoRARecipe:
         world, enc = self.dist.world_size, self.train_encoded
         answers = {i: sum(t != -100 for t in enc[i].labels[1:]) for mb in micro_batches for i in mb}
         total_tokens = max(sum(answers.values()), 1)  # the step's, so each rank knows it without asking
-        parts = []
+        shares: list[list] = [[] for _ in range(world)]  # every rank's passes, so all know how many there are
         for mb in micro_batches:
-            mine = [mb[j] for j in balanced_shards([len(enc[i].input_ids) for i in mb], world)[self.dist.rank]]
-            if sum(answers[i] for i in mine):  # else every answer truncated away: nothing to learn from these
-                parts += self._passes([enc[i] for i in mine])
-        step_loss, tokens = 0.0, 0
-        count = max(len(parts), 1) if self.dist.distributed else len(parts)  # DDP needs a backward on every rank
+            for share, ids in zip(shares, balanced_shards([len(enc[i].input_ids) for i in mb], world), strict=True):
+                if sum(answers[mb[j]] for j in ids):  # else every answer truncated away: nothing to learn
+                    share += self._passes([enc[mb[j]] for j in ids])
+        parts, step_loss, tokens = shares[self.dist.rank], 0.0, 0
+        # Every rank runs as many passes as the busiest (FSDP's forwards are collectives; DDP needs a backward
+        # on every rank); a rank's extra passes have weight 0.
+        count = max(1, *map(len, shares)) if self.dist.distributed else len(parts)
         for n in range(count):
             part = parts[n] if n < len(parts) else None
             batch = {k: v.to(self.device) for k, v in self._collate(part or [self.filler]).items()}
             with self.dist.accumulating(self.train_model, last=n == count - 1):
                 with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     loss_sum, _ = answer_loss(self.train_model, batch, self.levers.answer_logits_only)
-                # DDP averages the ranks' gradients: x world makes that their sum, the step's loss gradient
+                # DDP and FSDP average the ranks' gradients: x world makes that their sum, the step's gradient
                 self.scaler.scale(loss_sum * (world / total_tokens if part else 0.0)).backward()
             if part:
                 step_loss += loss_sum.item() / total_tokens
@@ -350,6 +364,7 @@ class LoRARecipe:
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self) -> TrainerResult:
+        self.adapter_state = self.dist.trainable_state(self.model) if self.dist.sharded else None  # all ranks
         if not self.dist.is_writer:  # the writer stores everything; every other rank is done
             return TrainerResult(ok=True, reason="Completed", spec_hash=self.job.spec_hash,
                                  message=f"rank {self.dist.rank} of {self.dist.world_size}: done")
