@@ -119,6 +119,25 @@ def test_failed_gate_is_a_successful_run_that_fails_evaluation():
     assert (gate.status, gate.reason, gate.message) == ("False", Reason.GATE_FAILED, "rougeL 0.2 < 0.4")
 
 
+def test_serving_and_tracking_verdicts_become_conditions():
+    body = started()
+    msg = result_message(metrics={"evalLoss": 1.2}, servingCompatible=False, servingReason="RankAboveServingLimit",
+                         servingMessage="rank 64 is above output.serving.maxLoraRank 16: start vLLM with "
+                         "--max-lora-rank 64", tracked=False, trackingMessage="MLflow at http://m:5000 failed")
+    _, body = reconcile(body, [terminated(body, 1, 0, "Completed", msg)], now=41)
+    assert body["status"]["phase"] == "Succeeded", "neither verdict fails the job"
+    serving, tracked = cond(body, C.SERVING_COMPATIBLE), cond(body, C.TRACKED)
+    assert (serving.status, serving.reason) == ("False", Reason.RANK_ABOVE_SERVING_LIMIT)
+    assert "--max-lora-rank 64" in serving.message
+    assert (tracked.status, tracked.reason) == ("False", Reason.TRACKER_UNAVAILABLE) and "http://m:5000" in tracked.message
+
+
+def test_a_result_without_verdicts_sets_no_such_conditions():
+    body = started()
+    _, body = reconcile(body, [terminated(body, 1, 0, "Completed", result_message(metrics={"evalLoss": 1.0}))], now=41)
+    assert cond(body, C.SERVING_COMPATIBLE) is None and cond(body, C.TRACKED) is None
+
+
 def test_oom_is_retried_after_backoff_and_the_retry_succeeds():
     body = job_body({**MINIMAL_SPEC, "failurePolicy": {"maxRetries": 2, "backoffSeconds": 10}})
     _, body = reconcile(body)
@@ -379,6 +398,18 @@ def test_a_missing_secret_is_reported_then_fails_after_the_grace_period():
     failed = cond(body, C.FAILED)
     assert failed.reason == Reason.SECRET_NOT_FOUND and "spec.storage.s3.secretRef" in failed.message
     assert p.delete == ["demo-1"] and body["status"]["retries"] == 0
+
+
+def test_a_secret_created_within_the_grace_period_lets_the_pod_start():
+    spec = {**MINIMAL_SPEC, "storage": {"s3": {"secretRef": {"name": "s3-creds"}}}}
+    body = job_body(spec)
+    _, body = reconcile(body)
+    stuck = pod(body, 1, created=1, container={"waiting": {"reason": "CreateContainerConfigError",
+                                                           "message": 'secret "s3-creds" not found'}})
+    _, body = reconcile(body, [stuck], now=10)
+    p, body = reconcile(body, [running(body, 1)], now=20)
+    assert cond(body, C.RUNNING).reason == Reason.TRAINING and not cond(body, C.FAILED)
+    assert Reason.TRAINING in reasons(p)
 
 
 def test_a_secret_without_the_key_names_the_key():
