@@ -64,6 +64,7 @@ def test_an_eval_set_equal_to_the_train_set_trains_but_warns_of_the_leak(tmp_pat
     assert f"warning: {leak}" in result_of(tmp_path / "term").message, "the status message carries the warning"
     root = tmp_path / "out" / "default" / "bad" / load_manifest(job).spec_hash
     assert any(leak in w for w in json.loads((root / "metrics.json").read_text())["data"]["warnings"])
+    assert leak in (root / "report.md").read_text() and leak in (root / "report.html").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,8 @@ def _markdown(c: dict) -> str:
         "", "## Training loss", "", "![training loss](loss-curve.png)", "", "## Data", "",
         f"{c['data']['rows']} rows read, {c['data']['duplicates']} exact duplicates removed. Tokens per example: "
         f"min {t.get('min')}, median {t.get('p50')}, p95 {t.get('p95')}, max {t.get('max')}; "
-        f"{t.get('truncated')} truncated to {c['max_seq']}.", "", "## Sample predictions", "",
+        f"{t.get('truncated')} truncated to {c['max_seq']}.", "",
+        *(f"**Warning:** {w}\n" for w in c["data"].get("warnings", [])), "## Sample predictions", "",
         "| prompt | reference | base | tuned |", "| --- | --- | --- | --- |",
     ]
     for p in c["samples"]:
