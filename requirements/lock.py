@@ -32,9 +32,10 @@ import re
 import subprocess
 import sys
 import tempfile
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 HERE = REPO / "requirements"
@@ -58,6 +59,7 @@ class Target:
     cpu_torch: bool = False
     constrained_by_dev: bool = False
     no_deps: bool = False
+    omit: tuple[str, ...] = ()  # left out of the lock (install it with pip --no-deps)
     purpose: str = ""
 
 
@@ -73,8 +75,11 @@ TARGETS = (
            purpose="tests/chart's checkov venv"),
     Target("mlflow.txt", include_project=False, extra_requirements=("mlflow=={dev:mlflow-skinny}",),
            purpose="the tracking test's MLflow server venv (tests/trainer/test_tracking.py)"),
+    # PyPI's torchvision, torchaudio and torchcodec are built against CUDA torch: next to torch+cpu their
+    # native libraries fail to load, and vLLM then fails at import. Text serving does not use them.
     Target("vllm.txt", include_project=False, extra_requirements=tuple(VLLM), cpu_torch=True,
-           purpose="the serving test's vLLM venv (tests/serving)"),
+           omit=("torchvision", "torchaudio", "torchcodec"), no_deps=True,
+           purpose="the serving test's vLLM venv (tests/serving), installed with pip --no-deps"),
 )
 
 
@@ -97,7 +102,7 @@ def _dev_pin(name: str) -> str:
 def inputs_digest(target: Target, pyproject: dict | None = None) -> str:
     inputs = {"requirements": project_requirements(target, pyproject), "python": PYTHON, "platform": PLATFORM,
               "cpu_torch": target.cpu_torch, "constrained_by_dev": target.constrained_by_dev,
-              "no_deps": target.no_deps}
+              "no_deps": target.no_deps, **({"omit": list(target.omit)} if target.omit else {})}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
@@ -136,8 +141,10 @@ def compile_target(uv: str, target: Target, tmp: Path, upgrade: bool = False) ->
         cmd += ["--find-links", TORCH_CPU_FIND_LINKS]
     if target.constrained_by_dev:
         cmd += ["--constraint", str(_dev_constraints(tmp))]
-    if target.no_deps:
+    if target.no_deps and not target.omit:
         cmd += ["--no-deps"]
+    for name in target.omit:
+        cmd += ["--no-emit-package", name]
     if upgrade:
         cmd += ["--upgrade"]
     elif out.exists():  # uv keeps the pins of an existing output file where they still fit: minimal churn

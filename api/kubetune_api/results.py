@@ -73,6 +73,8 @@ class TrainerResult(ApiModel):
     serving_compatible: bool | None = Field(default=None, description="vLLM/SGLang serve the adapter as trained.")
     serving_reason: str | None = Field(default=None, description="Reason constant of the serving check.")
     serving_message: str | None = Field(default=None, description="What the serving check found, and what to do.")
+    tracked: bool | None = Field(default=None, description="The experiment tracker got the run; null when none is set.")
+    tracking_message: str | None = Field(default=None, description="Where the run is tracked, or why it is not.")
 
     def to_termination_message(self) -> str:
         """Serialise within Kubernetes' 4 KiB limit, shortening the message first if needed."""
@@ -131,6 +133,9 @@ class Env:
     CACHE_DIR = "KUBETUNE_CACHE_DIR"  # model download cache (a volume in the pod)
     WORK_DIR = "KUBETUNE_WORK_DIR"  # scratch space
     HF_TOKEN = "HF_TOKEN"
+    MLFLOW_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"
+    MLFLOW_TRACKING_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
+    MLFLOW_TRACKING_TOKEN = "MLFLOW_TRACKING_TOKEN"
     AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
     AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 

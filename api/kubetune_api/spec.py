@@ -483,6 +483,36 @@ class Toleration(ApiModel):
 
 class ResourcesSpec(ApiModel):
     """Compute resources and placement of the trainer pod."""
+class MlflowSecretRef(SecretRef):
+    """A Secret with MLflow credentials: basic auth (username and password) or a bearer token; keys the
+    Secret does not have are left unset."""
+
+    username_key: str = Field(default="MLFLOW_TRACKING_USERNAME",
+                              description="Key holding the username. Default: MLFLOW_TRACKING_USERNAME.")
+    password_key: str = Field(default="MLFLOW_TRACKING_PASSWORD",
+                              description="Key holding the password. Default: MLFLOW_TRACKING_PASSWORD.")
+    token_key: str = Field(default="MLFLOW_TRACKING_TOKEN",
+                           description="Key holding a bearer token. Default: MLFLOW_TRACKING_TOKEN.")
+
+
+class MlflowSpec(ApiModel):
+    """An MLflow tracking server that receives the run: parameters, per-step loss and learning rate, the
+    held-out metrics of base and tuned, the artefact URIs and the lineage as tags."""
+
+    tracking_uri: str = Field(description="The tracking server, e.g. http://mlflow.mlflow.svc:5000.",
+                              pattern=r"^https?://[^\s/]+(/.*)?$")
+    experiment: str = Field(default="kubetune", min_length=1, max_length=500,
+                            description="Experiment name (created when missing). Default: kubetune.")
+    secret_ref: MlflowSecretRef | None = Field(default=None, description="Credentials for the server, if it needs them.")
+
+
+class TrackingSpec(ApiModel):
+    """Experiment tracking. Off unless configured; a tracker that cannot be reached never fails training
+    (the Tracked condition says what happened)."""
+
+    mlflow: MlflowSpec | None = Field(default=None, description="Log the run to an MLflow tracking server.")
+
+
 
     gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu count; 0 trains on CPU. Default: 1.")
     gpu_product: str | None = Field(
@@ -574,6 +604,7 @@ class FineTuneJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _rules(self) -> FineTuneJobSpec:
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking (MLflow); off by default.")
         if self.training.sharding == "fsdp" and self.method.type == "qlora":
             raise ValueError("training.sharding fsdp needs method.type lora: sharding a 4-bit base is not supported "
                              "yet; use sharding ddp (or auto), where each GPU holds the whole 4-bit base")

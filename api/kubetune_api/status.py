@@ -21,6 +21,7 @@ class ConditionType:
     FAILED = "Failed"
     EVALUATION_PASSED = "EvaluationPassed"
     SERVING_COMPATIBLE = "ServingCompatible"  # vLLM/SGLang serve the adapter as trained (docs/serving.md)
+    TRACKED = "Tracked"  # the run reached the experiment tracker (spec.tracking)
 
 
 class Reason:
@@ -62,6 +63,8 @@ class Reason:
     RANK_ABOVE_SERVING_LIMIT = "RankAboveServingLimit"
     UNSUPPORTED_TARGET_MODULES = "UnsupportedTargetModules"
     UNSUPPORTED_ADAPTER_FEATURE = "UnsupportedAdapterFeature"  # DoRA, trained bias, modules_to_save
+    LOGGED = "Logged"  # the tracker has the run
+    TRACKER_UNAVAILABLE = "TrackerUnavailable"  # the tracker failed; training went on without it
 
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
@@ -123,6 +126,11 @@ class FineTuneJobStatus(ApiModel):
         default=None, description="When the next attempt starts, after a retryable failure (RFC 3339)."
     )
     pod_name: str | None = Field(default=None, description="The current or last trainer pod.")
+    trainer_image_id: str | None = Field(
+        default=None, alias="trainerImageID",
+        description="The trainer image the kubelet ran for that pod (its imageID, with the digest): the exact "
+        "bits behind the adapter, also passed to later attempts for lineage.json.",
+    )
     world_size: int | None = Field(
         default=None, description="Training processes of the current or last pod: one per GPU, under torchrun "
         "when more than one (WORLD_SIZE); spec.training.batchSize is per process."

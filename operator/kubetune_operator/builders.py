@@ -126,7 +126,7 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _env(job: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, Any]]:
+def _env(job: FineTuneJob, attempt: int, settings: Settings, image_id: str | None = None) -> list[dict[str, Any]]:
     spec = job.spec
     env: list[dict[str, Any]] = [
         {"name": Env.CONFIG, "value": DEFAULT_CONFIG_PATH},
@@ -135,6 +135,7 @@ def _env(job: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
         {"name": Env.TERMINATION_LOG, "value": TERMINATION_LOG},
         {"name": Env.ATTEMPT, "value": str(attempt)},
         {"name": Env.IMAGE, "value": job.spec.image or settings.trainer_image},  # for lineage.json
+        *([{"name": Env.IMAGE_ID, "value": image_id}] if image_id else []),
         {"name": Env.WORK_DIR, "value": WORK_DIR},
         {"name": Env.CACHE_DIR, "value": CACHE_DIR},
         # The root filesystem is read-only; libraries that default to ~/.cache write under /tmp instead.
@@ -150,6 +151,13 @@ def _env(job: FineTuneJob, attempt: int, settings: Settings) -> list[dict[str, A
     hub = spec.model.secret_ref
     if hub is not None:
         env.append(_secret_env(Env.HF_TOKEN, hub.name, hub.key))
+    mlflow = spec.tracking.mlflow.secret_ref if spec.tracking.mlflow else None
+    if mlflow is not None:  # basic auth or a token: the keys the Secret lacks stay unset (optional)
+        for name, key in ((Env.MLFLOW_TRACKING_USERNAME, mlflow.username_key),
+                          (Env.MLFLOW_TRACKING_PASSWORD, mlflow.password_key),
+                          (Env.MLFLOW_TRACKING_TOKEN, mlflow.token_key)):
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": mlflow.name, "key": key,
+                                                                      "optional": True}}})
     return env + _torchrun_env(job)
 
 
@@ -219,13 +227,14 @@ def _placement(job: FineTuneJob) -> dict[str, Any]:
     return out
 
 
-def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[dict[str, Any]],
+               image_id: str | None = None) -> dict[str, Any]:
     return {
         "name": CONTAINER,
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         "command": TRAINER_COMMAND,
-        "env": _env(job, attempt, settings),
+        "env": _env(job, attempt, settings, image_id),
         "resources": _resources(job),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -241,10 +250,12 @@ def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[
 
 
 def build_trainer_pod(
-    job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None, run: int = 1
+    job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None, run: int = 1,
+    image_id: str | None = None,
 ) -> dict[str, Any]:
     """The trainer pod of `attempt` in `run` (`pod_name`). `active_deadline_seconds` is what is left of the
-    job's activeDeadlineSeconds (the caller knows the clock; this function does not)."""
+    job's activeDeadlineSeconds (the caller knows the clock; this function does not); `image_id` is the
+    digest the kubelet reported for an earlier attempt (status.trainerImageID), for lineage.json."""
     volumes, mounts = _volumes(job)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -259,7 +270,7 @@ def build_trainer_pod(
             "fsGroup": TRAINER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(job, attempt, settings, mounts)],
+        "containers": [_container(job, attempt, settings, mounts, image_id)],
         "volumes": volumes,
         **_placement(job),
     }

@@ -58,6 +58,7 @@ class PodView:
     created: str | None = None
     finished: str | None = None
     result: TrainerResult | None = None
+    image_id: str | None = None  # the kubelet's imageID of the trainer container (with the digest)
 
     @property
     def active(self) -> bool:
@@ -178,6 +179,7 @@ def view_pod(pod: dict) -> PodView:
         "deleting": bool(meta.get("deletionTimestamp")),
         "created": meta.get("creationTimestamp"),
         "finished": term.get("finishedAt"),
+        "image_id": _container_status(pod).get("imageID") or None,
     }
     if status.get("phase") == "Failed":
         reason, retryable, message = failure_of(pod)

@@ -50,6 +50,7 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)  # the whole desired status (wire form)
     create_attempt: int | None = None  # create pod <name>-<n> (with its ConfigMap and Secret) first
     run: int = 1  # the run the pod to create belongs to
+    image_id: str | None = None  # the image digest an earlier attempt ran, passed on for lineage.json
     run_start: str | None = None  # when the run of a first attempt was asked for (the start-up metric)
     deadline_left: int | None = None  # seconds of activeDeadlineSeconds left, for the new pod
     delete: list[str] = field(default_factory=list)  # pod names
@@ -210,6 +211,8 @@ class _Planner:
 
     def step(self, job: FineTuneJob) -> None:
         pod = self.mine.get(self.st.attempts) if self.st.attempts else None
+        if pod is not None and pod.image_id:
+            self.st.trainer_image_id = pod.image_id
         if pod is not None and pod.stage is Stage.SUCCEEDED:
             self.succeed(job, pod)
         elif job.spec.suspend:
@@ -268,6 +271,7 @@ class _Planner:
         self.st.start_time = self.st.start_time or self.stamp
         self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"created pod {name} (attempt {attempt}); waiting for a node")
         self.cond(C.RUNNING, False, Reason.WAITING, f"pod {name} is pending")
+        self.out.image_id = self.st.trainer_image_id
         deadline = job.spec.active_deadline_seconds
         if deadline:
             self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
@@ -396,4 +400,7 @@ class _Planner:
         if result.serving_compatible is not None:  # runs stored before the serving check carry none
             self.cond(C.SERVING_COMPATIBLE, result.serving_compatible, result.serving_reason or Reason.SERVABLE,
                       result.serving_message or "")
+        if result.tracked is not None:
+            self.cond(C.TRACKED, result.tracked, Reason.LOGGED if result.tracked else Reason.TRACKER_UNAVAILABLE,
+                      result.tracking_message or "")
 

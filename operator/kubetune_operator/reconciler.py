@@ -357,7 +357,7 @@ class Reconciler:
             meta = body["metadata"]
             token = progress_token(self.settings.progress_key, meta["namespace"], meta["name"], meta["uid"])
             await self._ensure(build_progress_secret(job, token))
-        pod = build_trainer_pod(job, attempt, self.settings, p.deadline_left, p.run)
+        pod = build_trainer_pod(job, attempt, self.settings, p.deadline_left, p.run, p.image_id)
         try:
             created = await self._ensure(pod)
         except ApiError as err:

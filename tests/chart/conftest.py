@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .helm import CACHE, find_helm
+from fixtures.venvs import locked_venv
+
+from .helm import find_helm
 
 # The default values and at least three other value sets; each test module renders them all.
 VALUE_SETS: dict[str, dict] = {
@@ -37,30 +37,20 @@ def helm() -> Path:
 
 
 def _checkov() -> Path | None:
-    """checkov lives in its own virtualenv: installed into the project's, it downgrades packaging, boto3 and
-    networkx below what pytest, the trainer and torch need. Installed from its hash-pinned lock
-    (requirements/checkov.txt) on first use (needs PyPI), cached under a name keyed by that lock's hash, so
-    `make lock` bringing a new checkov builds a new venv instead of reusing a stale one."""
+    """checkov lives in its own virtualenv (installed into the project's, it downgrades packaging, boto3 and
+    networkx below what pytest, the trainer and torch need), from requirements/checkov.txt, cached by hash."""
     explicit = os.environ.get("KUBETUNE_CHECKOV") or shutil.which("checkov")
     if explicit:
         return Path(explicit)
-    lock = Path(__file__).resolve().parents[2] / "requirements" / "checkov.txt"
-    venv = CACHE / f"checkov-venv-{hashlib.sha256(lock.read_bytes()).hexdigest()[:12]}"
-    binary = venv / "bin" / "checkov"
-    if not binary.exists():
-        try:
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
-            subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--require-hashes", "-r", str(lock)],
-                           check=True, capture_output=True, timeout=900)
-        except (subprocess.SubprocessError, OSError):
-            shutil.rmtree(venv, ignore_errors=True)  # a half-built venv would be taken as cached next time
-            return None
-    return binary if binary.exists() else None
+    try:
+        return locked_venv("checkov.txt", timeout=900) / "bin" / "checkov"
+    except (subprocess.SubprocessError, OSError, RuntimeError):
+        return None
 
 
 @pytest.fixture(scope="session")
 def checkov() -> Path:
     found = _checkov()
     if found is None:
-        pytest.skip("checkov unavailable: set KUBETUNE_CHECKOV or allow pip to create ~/.cache/kubetune/checkov-venv")
+        pytest.skip("checkov unavailable: set KUBETUNE_CHECKOV or allow pip to build the checkov venv from requirements/checkov.txt")
     return found

@@ -158,6 +158,24 @@ def test_oom_is_retried_after_backoff_and_the_retry_succeeds():
     assert body["status"]["phase"] == "Succeeded" and body["status"]["attempts"] == 2
 
 
+def test_the_image_the_kubelet_ran_is_recorded_and_passed_to_the_next_attempt():
+    digest = "docker-pullable://registry.example/t@sha256:" + "a" * 64
+    body = job_body({**MINIMAL_SPEC, "failurePolicy": {"maxRetries": 1, "backoffSeconds": 0}})
+    _, body = reconcile(body)
+    first = running(body, 1)
+    first["status"]["containerStatuses"][0]["imageID"] = digest
+    _, body = reconcile(body, [first], now=10)
+    assert body["status"]["trainerImageID"] == digest
+    failed = terminated(body, 1, 137, "OOMKilled", finished=20)
+    failed["status"]["containerStatuses"][0]["imageID"] = digest
+    _, body = reconcile(body, [failed], now=21)
+    p, body = reconcile(body, [failed], now=22)  # the retry (no backoff)
+    assert p.create_attempt == 2 and p.image_id == digest
+    env = {e["name"]: e.get("value") for e in build_trainer_pod(parsed(body), 2, SETTINGS, image_id=p.image_id)[
+        "spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_IMAGE_ID"] == digest and env["KUBETUNE_IMAGE"] == SETTINGS.trainer_image
+
+
 def test_backoff_doubles_and_retries_run_out():
     body = job_body({**MINIMAL_SPEC, "failurePolicy": {"maxRetries": 2, "backoffSeconds": 10}})
     _, body = reconcile(body)

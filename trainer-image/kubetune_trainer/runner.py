@@ -3,6 +3,7 @@ TrainerResult and exit code for the operator."""
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback
 from pathlib import Path
@@ -18,6 +19,7 @@ from .handoff import serving_fields
 from .progress import ProgressReporter
 from .stopping import GracefulStop
 from .storage import ArtifactStore, Storage
+from .tracking import tracker_for
 
 
 def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: ProgressReporter | None = None,
@@ -25,6 +27,9 @@ def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: Pro
             dist: ProcessGroup | None = None) -> tuple[ExitCode, TrainerResult]:
     """Run the job to completion; never raises for a failure the operator should see."""
     reporter = reporter or ProgressReporter()
+    tracker = tracker_for(job) if dist is None or dist.is_writer else None
+    if tracker is not None:
+        reporter.sinks.append(tracker)
     code = ExitCode.OK
     try:
         result = _run(job, manifest_dir, reporter, work_dir, stop, dist)
@@ -37,8 +42,18 @@ def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: Pro
         print(f"kubetune: {code.reason}: {typed.message}", file=sys.stderr)
         result = TrainerResult(ok=False, reason=code.reason, message=typed.message, spec_hash=job.spec_hash)
     finally:
-        reporter.close("done" if code == ExitCode.OK else "failed")
+        reporter.close("done" if code == ExitCode.OK else "failed")  # also flushes the tracker's steps
+    if tracker is not None:
+        result = tracker.finish(result, _stored_lineage(job, manifest_dir) if result.ok else None)
     return code, result
+
+
+def _stored_lineage(job: FineTuneJob, manifest_dir: Path | None) -> dict | None:
+    try:
+        store = ArtifactStore(job.artifact_root(), Storage(job.spec.storage.s3, manifest_dir))
+        return json.loads(store.read_text("lineage.json"))
+    except (OSError, ValueError, TrainerError):  # runs stored before lineage.json existed
+        return None
 
 
 def _run(job: FineTuneJob, manifest_dir: Path | None, reporter: ProgressReporter,
