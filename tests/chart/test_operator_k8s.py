@@ -230,6 +230,8 @@ def test_two_replicas_elect_one_leader_and_the_standby_takes_over(kube_cluster, 
         job = wait_condition(cluster, ns, "ha", "Succeeded", timeout=30)
         lease = cluster.get(lease_path)["spec"]
         assert lease["holderIdentity"] == "kt-kubetune-5d8-bbbbb" and lease["leaseTransitions"] == 1
+        # The line is written just after the status patch that a test may see first: waited for, not raced.
+        wait_for(lambda: f"FineTuneJob {ns}/ha: Completed" in b.log(), 10, "b to log the completion")
         taken_over = b.log().split("acquired Lease", 1)
         assert len(taken_over) == 2 and f"FineTuneJob {ns}/ha" not in taken_over[0]
         assert f"FineTuneJob {ns}/ha: Completed" in taken_over[1]
