@@ -127,8 +127,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # priority (all of one Deployment), and pausing kopf would not pause our own timers. Should someone run
     # with --peering anyway, its keep-alive line every minute per replica tells nobody anything.
     settings.peering.stealth = True
-    # Handler log lines stay logs. Every status transition gets its own explicit Event (kopf.event), so
-    # only warnings and errors are additionally turned into Events, or `kubectl describe` would drown.
+    # Handler log lines stay logs. Every status transition gets its own Event, posted by events.py (not
+    # through kopf's event queue, which loses events outside a handler's context), so only warnings and
+    # errors are additionally turned into Events, or `kubectl describe` would drown.
     settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "kubetune-operator"
     # The API server closes watches at random after 5-10 minutes anyway; ask for 5 so a dead connection
