@@ -74,6 +74,10 @@ class ProcessGroup:
                                 world_size=self.world_size, timeout=timeout)
         self._started = True
 
+    def device_name(self, device: str) -> str:
+        """Where this rank's model goes: its own GPU by index (bitsandbytes' device_map reads "cuda" as GPU 0)."""
+        return f"cuda:{self.local_rank}" if device == "cuda" and self.distributed else device
+
     def close(self) -> None:
         if self._started:
             import torch.distributed as dist

@@ -178,7 +178,7 @@ class LoRARecipe:
         self.sharding = choose_sharding(spec.training.sharding, spec.method.type, self.device,
                                         weights_bytes(self.model_path), device_bytes(self.device))
         # Under FSDP the base loads into host memory and fully_shard moves each rank's shard to its GPU.
-        on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.device
+        on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.dist.device_name(self.device)
         self.model = load_model(self.model_path, spec.method, on, self.dtype, spec.model.trust_remote_code,
                                 spec.model.allow_pickle_weights)
 
@@ -189,9 +189,9 @@ class LoRARecipe:
         t = self.spec.training
         set_seed(t.seed)
         self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing)
-        if t.packing:
-            check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
         self.train_model = self.dist.wrap(self.model, self.sharding)  # DDP or FSDP under torchrun
+        if t.packing:  # after wrap: under FSDP the weights reach the GPU there (every rank checks the same)
+            check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
         usable = [e for e in self.train_encoded if any(t != -100 for t in e.labels[1:])] or self.train_encoded
         self.filler = min(usable, key=lambda e: len(e.input_ids))  # a rank's zero-weight pass when it has none
         params = [p for p in self.model.parameters() if p.requires_grad]
