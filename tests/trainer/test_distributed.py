@@ -23,11 +23,13 @@ KUBETUNE = str(Path(sys.executable).parent / "kubetune")  # the console script, 
 AGENT_ENV = {"PET_NPROC_PER_NODE": "2", "PET_STANDALONE": "1"}  # what the operator sets on a gpus: 2 pod
 
 
-def job(tmp_path: Path, tiny_model, name: str, batch: int, **training):
+def job(tmp_path: Path, tiny_model, name: str, batch: int, method: dict | None = None, **training):
     train = write_jsonl(tmp_path / "train.jsonl", sku_rows())
     spec = tiny_spec(str(tiny_model), str(train), str(tmp_path / "out"),
                      training={"batchSize": batch, "maxSteps": 6, **training},
                      evaluation={"maxSamples": 3, "generation": {"maxNewTokens": 4}})
+    if method:
+        spec["method"] = method
     doc = manifest(spec, name=name)
     return write_manifest(tmp_path / f"{name}.yaml", doc), parse_job(doc).artifact_root()
 
@@ -200,3 +202,31 @@ def adapter_params(tiny_model) -> dict:
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
                            LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_packing_and_gradient_accumulation_per_rank_keep_the_one_process_result(tmp_path, tiny_model):
+    """training.packing and gradientAccumulation work per rank: 2 processes x batchSize 1 x 2 micro-batches,
+    packed, train what 1 process x batchSize 2 x 2 trains."""
+    packed = {"packing": True, "gradientAccumulation": 2, "maxSteps": 4}
+    one_cfg, one_root = job(tmp_path, tiny_model, "packed-one", batch=2, **packed)
+    two_cfg, two_root = job(tmp_path, tiny_model, "packed-two", batch=1, **packed)
+    for argv, config in ((ONE_PROCESS, one_cfg), (TORCHRUN, two_cfg)):
+        done = run(argv, env_for(tmp_path, config))
+        assert done.returncode == 0, done.stderr[-3000:]
+    for a, b in zip(steps(one_root), steps(two_root), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-5 and abs(a["gradNorm"] - b["gradNorm"]) <= 1e-4 * a["gradNorm"], (a, b)
+    assert_same_adapter(adapter(one_root), adapter(two_root))
+
+
+def test_qlora_under_ddp_on_two_processes_trains_what_one_process_trains(tmp_path, tiny_model):
+    """A 4-bit base on every rank (bitsandbytes on CPU), the adapter's gradients all-reduced by DDP."""
+    qlora = {"type": "qlora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "quantization": {"computeDtype": "float32"}}
+    configs = [job(tmp_path, tiny_model, name, batch=batch, method=qlora, maxSteps=4)
+               for name, batch in (("q-one", 4), ("q-two", 2))]
+    for argv, (config, _) in zip((ONE_PROCESS, TORCHRUN), configs, strict=True):
+        done = run(argv, env_for(tmp_path, config))
+        assert done.returncode == 0, done.stderr[-3000:]
+    (_, one_root), (_, two_root) = configs
+    for a, b in zip(steps(one_root), steps(two_root), strict=True):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and abs(a["gradNorm"] - b["gradNorm"]) <= 1e-3 * a["gradNorm"], (a, b)
+    assert_same_adapter(adapter(one_root), adapter(two_root), tolerance=1e-4)
