@@ -57,11 +57,18 @@ METRICS = ("evalLoss", "perplexity", "rouge1", "rouge2", "rougeL", "exactMatch",
 # Metrics where a smaller value is better; a gate on them uses `max`, on the rest `min`.
 LOWER_IS_BETTER = ("evalLoss", "perplexity")
 GENERATION_METRICS = tuple(m for m in METRICS if m not in LOWER_IS_BETTER)
+# The columns of each record layout (dataset.schema), as columnMapping keys; OPTIONAL_FIELDS may be absent.
 SCHEMA_FIELDS = {
     "alpaca": ("instruction", "input", "output"),
     "promptCompletion": ("prompt", "completion"),
-    "messages": ("messages",),
+    "messages": ("messages", "tools", "system"),
+    "sharegpt": ("conversations", "tools", "system"),
 }
+OPTIONAL_FIELDS = ("input", "tools", "system")
+# Keys inside the messages of a conversation (messages, sharegpt): columnMapping accepts these too.
+# `<role>Role` names the role as your files spell it (it replaces the defaults for that role).
+MESSAGE_KEYS = ("roleKey", "contentKey", "systemRole", "userRole", "assistantRole", "toolRole", "toolCallRole")
+CONVERSATION_SCHEMAS = ("messages", "sharegpt")
 
 MetricName = Literal["evalLoss", "perplexity", "rouge1", "rouge2", "rougeL", "exactMatch", "bleu", "chrf"]
 
@@ -169,28 +176,45 @@ class DatasetSpec(ApiModel):
     format: Literal["auto", "jsonl", "json", "csv", "parquet"] = Field(
         default="auto", description="File format; auto picks it from the file extension. Default: auto."
     )
-    data_schema: Literal["auto", "alpaca", "promptCompletion", "messages"] = Field(
+    data_schema: Literal["auto", "alpaca", "promptCompletion", "messages", "sharegpt"] = Field(
         default="auto", alias="schema",
         description="Record layout: alpaca (instruction, input, output), promptCompletion (prompt, "
-        "completion) or messages (chat messages with role and content); auto detects it from the columns.",
+        "completion), messages (OpenAI-style chat messages with role and content, tool calls and tool "
+        "results) or sharegpt (conversations of from/value turns: human, gpt, system, function_call, "
+        "observation); both chat layouts take an optional tools column. auto detects it from the columns. "
+        "See docs/data.md.",
     )
     column_mapping: dict[str, str] = Field(
         default_factory=dict,
-        description="Maps a schema field (instruction, input, output, prompt, completion, messages) to the "
-        "column name used in your files, e.g. {output: answer}.",
+        description="Maps a schema field (instruction, input, output, prompt, completion, messages, "
+        "conversations, tools, system) to the column name used in your files, e.g. {output: answer}; for "
+        "messages and sharegpt also the keys inside each message (roleKey, contentKey) and the role names "
+        "your files use (systemRole, userRole, assistantRole, toolRole, toolCallRole), e.g. "
+        "{roleKey: speaker, userRole: customer}.",
+    )
+    mask_history: bool = Field(
+        default=False,
+        description="Train only the last assistant message of each conversation; earlier assistant messages "
+        "become context, as LLaMA-Factory's mask_history. Default: false: every assistant message is "
+        "trained (TRL's assistant-only loss), except those with loss_weight 0.",
     )
     template: Literal["auto", "chat", "alpaca", "custom"] = Field(
         default="auto",
         description="How prompts are rendered: chat uses the model's chat template, alpaca the Alpaca "
         "instruction template, custom the Jinja template in customTemplate; auto uses the chat template "
-        "when the model has one, else alpaca. Default: auto.",
+        "when the model has one, else alpaca. Only chat renders whole conversations; alpaca and custom "
+        "render one prompt and one answer (a conversation's last trained assistant message). Default: auto.",
     )
     custom_template: str | None = Field(
         default=None,
         description="Jinja template that renders a record's fields into the prompt (the response is "
         "appended after it). Required when template is custom.",
     )
-    system_prompt: str | None = Field(default=None, description="Optional system message for chat templates.")
+    system_prompt: str | None = Field(
+        default=None,
+        description="Optional system message for chat templates, added to every record that has none of its "
+        "own; custom templates get it as system_prompt.",
+    )
     max_seq_length: int = Field(
         default=1024, ge=16, le=131072,
         description="Maximum tokens per example (prompt + response); longer examples are truncated and "
@@ -218,9 +242,10 @@ class DatasetSpec(ApiModel):
             raise ValueError("dataset.customTemplate is required when dataset.template is custom")
         if self.custom_template and self.template != "custom":
             raise ValueError("dataset.customTemplate is only used when dataset.template is custom")
-        allowed = sorted({f for fields in SCHEMA_FIELDS.values() for f in fields})
+        allowed = sorted({f for fields in SCHEMA_FIELDS.values() for f in fields}) + list(MESSAGE_KEYS)
         if self.data_schema != "auto":
             allowed = list(SCHEMA_FIELDS[self.data_schema])
+            allowed += list(MESSAGE_KEYS) if self.data_schema in CONVERSATION_SCHEMAS else []
         for key in self.column_mapping:
             if key not in allowed:
                 raise ValueError(
@@ -458,31 +483,6 @@ class StorageSpec(ApiModel):
     s3: S3Spec = Field(default_factory=S3Spec, description="S3 settings.")
 
 
-class Toleration(ApiModel):
-    """A Kubernetes toleration for the trainer pod."""
-
-    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
-    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal. Default: Equal.")
-    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE,
-                              description="Taint value for operator Equal (a label value).")
-
-    @field_validator("key", "value", mode="before")
-    @classmethod
-    def _label(cls, value: Any, info) -> Any:
-        if value is None or value == "":
-            return value
-        problem = label_key_error(str(value)) if info.field_name == "key" else label_value_error(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="Taint effect to match; empty matches all effects."
-    )
-    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
-
-
-class ResourcesSpec(ApiModel):
-    """Compute resources and placement of the trainer pod."""
 class MlflowSecretRef(SecretRef):
     """A Secret with MLflow credentials: basic auth (username and password) or a bearer token; keys the
     Secret does not have are left unset."""
@@ -513,6 +513,31 @@ class TrackingSpec(ApiModel):
     mlflow: MlflowSpec | None = Field(default=None, description="Log the run to an MLflow tracking server.")
 
 
+class Toleration(ApiModel):
+    """A Kubernetes toleration for the trainer pod."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] = Field(default="Equal", description="Exists or Equal. Default: Equal.")
+    value: str | None = Field(default=None, max_length=63, pattern=LABEL_VALUE,
+                              description="Taint value for operator Equal (a label value).")
+
+    @field_validator("key", "value", mode="before")
+    @classmethod
+    def _label(cls, value: Any, info) -> Any:
+        if value is None or value == "":
+            return value
+        problem = label_key_error(str(value)) if info.field_name == "key" else label_value_error(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class ResourcesSpec(ApiModel):
+    """Compute resources and placement of the trainer pod."""
 
     gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu count; 0 trains on CPU. Default: 1.")
     gpu_product: str | None = Field(

@@ -78,7 +78,7 @@ INVALID = [
     ("eval and evalSplit", with_("dataset", {"train": {"uri": "/d/t.jsonl"}, "eval": {"uri": "/d/e.jsonl"}, "evalSplit": 0.1}), "spec.dataset", "not both"),
     ("evalSplit too big", with_("dataset.evalSplit", 0.9), "spec.dataset.evalSplit", "less than or equal to 0.5"),
     ("format", with_("dataset.format", "xlsx"), "spec.dataset.format", "'jsonl'"),
-    ("schema", with_("dataset.schema", "sharegpt"), "spec.dataset.schema", "'alpaca'"),
+    ("schema", with_("dataset.schema", "vicuna"), "spec.dataset.schema", "'sharegpt'"),
     ("mapping key", with_("dataset", {"train": {"uri": "/t.jsonl"}, "schema": "alpaca", "columnMapping": {"answer": "a"}}), "spec.dataset", "accepted keys: instruction, input, output"),
     ("custom without template", with_("dataset.template", "custom"), "spec.dataset", "customTemplate is required"),
     ("seq length", with_("dataset.maxSeqLength", 8), "spec.dataset.maxSeqLength", "greater than or equal to 16"),

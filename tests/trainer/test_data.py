@@ -69,7 +69,7 @@ def test_every_format_reads_the_same_examples(tmp_path, fmt):
     assert [(e.user_text, e.response) for e in examples] == [("2+2", "4"), ("3+3", "6")]
 
 
-def test_messages_schema_trains_on_the_last_assistant_turn(tmp_path):
+def test_messages_schema_needs_an_assistant_answer_last(tmp_path):
     path = tmp_path / "chat.jsonl"
     conversation = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                     {"role": "assistant", "content": "hello"}]
@@ -77,10 +77,13 @@ def test_messages_schema_trains_on_the_last_assistant_turn(tmp_path):
                     + json.dumps({"messages": conversation[:2]}) + "\n")
     with pytest.raises(DataError) as err:
         load(path)
-    assert "row 2: field 'messages': the last message must be a non-empty assistant answer" in err.value.message
+    assert "row 2: field 'messages': the last message must be an assistant answer, not a user message" \
+        in err.value.message
     path.write_text(json.dumps({"messages": conversation}) + "\n")
-    (example,), _ = load(path)
-    assert example.messages == (("system", "be brief"), ("user", "hi")) and example.response == "hello"
+    (example,), _ = load(path, mask_history=True)
+    assert [(t.role, t.content, t.train) for t in example.turns] == [
+        ("system", "be brief", False), ("user", "hi", False), ("assistant", "hello", True)]
+    assert example.response == "hello" and example.user_text == "hi"
 
 
 def test_unknown_columns_say_what_schemas_exist(tmp_path):

@@ -10,8 +10,8 @@ from kubetune_trainer.data import Example
 from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.prompting import IGNORE, PromptFormatter, length_stats
 
-EXAMPLE = Example(messages=(("user", "SKU for a red tent?"),), response="NV-KAV-RD",
-                  fields=(("instruction", "SKU for a red tent?"), ("input", ""), ("output", "NV-KAV-RD")))
+EXAMPLE = Example.single("SKU for a red tent?", "NV-KAV-RD",
+                         fields=(("instruction", "SKU for a red tent?"), ("input", ""), ("output", "NV-KAV-RD")))
 
 
 def formatter(chat: bool = True, **spec) -> PromptFormatter:
@@ -53,7 +53,7 @@ def test_custom_jinja_template_renders_record_fields():
 
 def test_truncation_is_counted_in_the_length_statistics():
     fmt = formatter(max_seq_length=16)
-    long = Example(messages=(("user", "word " * 50),), response="answer")
+    long = Example.single("word " * 50, "answer")
     encoded = [fmt.encode(EXAMPLE), fmt.encode(long)]
     assert all(len(e.input_ids) <= 16 for e in encoded)
     stats = length_stats(encoded)

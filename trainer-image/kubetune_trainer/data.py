@@ -6,31 +6,49 @@ the 1-based row and the field, and what was expected.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubetune_api.spec import SCHEMA_FIELDS
+from kubetune_api.spec import CONVERSATION_SCHEMAS, OPTIONAL_FIELDS, SCHEMA_FIELDS
 
+from .conversations import Turn, parse_conversation
 from .datafiles import Limits, read_records, strip_compression
 from .errors import DataError
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-ROLES = ("system", "user", "assistant")
+# auto-detection tries the layouts in this order, by their required columns
+DETECT_ORDER = ("messages", "sharegpt", "alpaca", "promptCompletion")
 
 
 @dataclass(frozen=True)
 class Example:
-    """One validated record: the conversation before the answer, and the answer the model should learn.
+    """One validated record: a conversation and which of its assistant turns the model should learn.
 
-    `fields` keeps the schema fields (instruction, input, output / prompt, completion) for custom templates.
+    The last trained turn is the answer: generation metrics prompt with the turns before it and compare
+    with it. `fields` keeps the schema fields (instruction, input, output / prompt, completion) for custom
+    templates; `tools` the tool schemas as a JSON list ("" for none); `source` the file and row.
     """
 
-    messages: tuple[tuple[str, str], ...]  # (role, content) before the answer; the last one is the user's
-    response: str
+    turns: tuple[Turn, ...]
     fields: tuple[tuple[str, str], ...] = ()
+    tools: str = ""
+    source: str = field(default="", compare=False)
+
+    @classmethod
+    def single(cls, prompt: str, response: str, fields: tuple[tuple[str, str], ...] = (),
+               source: str = "") -> Example:
+        """One user prompt and the answer to learn."""
+        return cls((Turn("user", prompt), Turn("assistant", response, train=True)), fields, source=source)
+
+    @property
+    def answer_index(self) -> int:
+        return max(i for i, t in enumerate(self.turns) if t.train)
+
+    @property
+    def response(self) -> str:
+        """The answer as text (tool calls in their JSON text form)."""
+        return self.turns[self.answer_index].text
 
     @property
     def field_map(self) -> dict[str, str]:
@@ -38,7 +56,8 @@ class Example:
 
     @property
     def user_text(self) -> str:
-        return next((c for r, c in reversed(self.messages) if r == "user"), "")
+        """The last user message before the answer."""
+        return next((t.content for t in reversed(self.turns[: self.answer_index]) if t.role == "user"), "")
 
 
 @dataclass
@@ -74,20 +93,22 @@ def detect_schema(record: object, declared: str, mapping: dict[str, str], name: 
     if declared != "auto":
         return declared
     if isinstance(record, dict):
-        for schema in ("messages", "alpaca", "promptCompletion"):
-            required = [f for f in SCHEMA_FIELDS[schema] if f != "input"]
+        for schema in DETECT_ORDER:
+            required = [f for f in SCHEMA_FIELDS[schema] if f not in OPTIONAL_FIELDS]
             if all(mapping.get(f, f) in record for f in required):
                 return schema
     columns = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
     raise DataError(f"{name}: cannot detect the schema from the columns ({columns}); expected "
-                    "instruction+output (alpaca), prompt+completion (promptCompletion) or messages; "
-                    "set dataset.schema and dataset.columnMapping")
+                    "instruction+output (alpaca), prompt+completion (promptCompletion), messages (messages) "
+                    "or conversations (sharegpt); set dataset.schema and dataset.columnMapping (docs/data.md)")
 
 
-def to_example(record: object, schema: str, mapping: dict[str, str], where: str) -> tuple[Example | None, list[str]]:
+def to_example(record: object, schema: str, mapping: dict[str, str], where: str,
+               mask_history: bool = False) -> tuple[Example | None, list[str]]:
     """Validate one record; returns the example or the problems found in it."""
     if not isinstance(record, dict):
         return None, [f"{where}: expected an object with named fields, got {type(record).__name__}"]
+    columns = f" (the record's columns: {', '.join(map(str, record)) or 'none'})"
 
     def text(fld: str, required: bool = True) -> str | None:
         column = mapping.get(fld, fld)
@@ -95,7 +116,8 @@ def to_example(record: object, schema: str, mapping: dict[str, str], where: str)
         label = f"field {column!r}" + (f" (schema field {fld})" if column != fld else "")
         if value is None or (isinstance(value, str) and not value.strip() and required):
             if required:
-                problems.append(f"{where}: {label} is missing or empty; expected a non-empty string")
+                problems.append(f"{where}: {label} is missing or empty; expected a non-empty string"
+                                + ("" if column in record else columns))
             return "" if not required else None
         if not isinstance(value, str | int | float) or isinstance(value, bool):
             problems.append(f"{where}: {label} is a {type(value).__name__}; expected a string")
@@ -103,48 +125,30 @@ def to_example(record: object, schema: str, mapping: dict[str, str], where: str)
         return str(value)
 
     problems: list[str] = []
-    if schema == "messages":
-        return _messages_example(record.get(mapping.get("messages", "messages")), where, mapping)
+    if schema in CONVERSATION_SCHEMAS:
+        column = mapping.get(SCHEMA_FIELDS[schema][0], SCHEMA_FIELDS[schema][0])
+        if column not in record:
+            return None, [f"{where}: no field {column!r} (schema {schema}){columns}; set dataset.schema, or "
+                          f"dataset.columnMapping.{SCHEMA_FIELDS[schema][0]} to the column that holds it"]
+        turns, tools, problems = parse_conversation(record, column, mapping, where, mask_history)
+        return (Example(turns, tools=tools, source=where), []) if not problems else (None, problems)
     if schema == "alpaca":
         instruction, extra, output = text("instruction"), text("input", required=False), text("output")
         if problems:
             return None, problems
         user = instruction + (f"\n\n{extra}" if extra else "")
         fields = (("instruction", instruction), ("input", extra or ""), ("output", output))
-        return Example(messages=(("user", user),), response=output, fields=fields), []
+        return Example.single(user, output, fields, source=where), []
     prompt, completion = text("prompt"), text("completion")
     if problems:
         return None, problems
     fields = (("prompt", prompt), ("completion", completion))
-    return Example(messages=(("user", prompt),), response=completion, fields=fields), []
-
-
-def _messages_example(value: object, where: str, mapping: dict[str, str]) -> tuple[Example | None, list[str]]:
-    column = mapping.get("messages", "messages")
-    if isinstance(value, str):
-        with contextlib.suppress(json.JSONDecodeError):
-            value = json.loads(value)
-    if not isinstance(value, list) or not value:
-        return None, [f"{where}: field {column!r} must be a non-empty list of {{role, content}} messages"]
-    turns, problems = [], []
-    for i, msg in enumerate(value, start=1):
-        if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
-            problems.append(f"{where}: field {column!r} message {i} must have role ({', '.join(ROLES)}) and "
-                            "string content")
-        else:
-            turns.append((msg["role"], msg["content"]))
-    if problems:
-        return None, problems
-    if turns[-1][0] != "assistant" or not turns[-1][1].strip():
-        return None, [f"{where}: field {column!r}: the last message must be a non-empty assistant answer"]
-    if not any(role == "user" for role, _ in turns[:-1]):
-        return None, [f"{where}: field {column!r}: expected a user message before the assistant answer"]
-    return Example(messages=tuple(turns[:-1]), response=turns[-1][1]), []
+    return Example.single(prompt, completion, fields, source=where), []
 
 
 def load_examples(files: list[tuple[Path, str]], spec, report: DataReport) -> list[Example]:
     """Read and validate every file (local path, display name); all problems are reported together."""
-    examples, problems = [], []
+    examples, problems, invalid = [], [], 0
     schema = None
     for path, name in files:
         fmt = detect_format(name, spec.format)
@@ -153,15 +157,17 @@ def load_examples(files: list[tuple[Path, str]], spec, report: DataReport) -> li
             schema = detect_schema(rows[0][1], spec.data_schema, spec.column_mapping, name)
         kept = 0
         for number, record in rows:
-            example, found = to_example(record, schema or "alpaca", spec.column_mapping, f"{name}: row {number}")
+            example, found = to_example(record, schema or "alpaca", spec.column_mapping, f"{name}: row {number}",
+                                        spec.mask_history)
             problems += found
+            invalid += bool(found)
             if example is not None:
                 examples.append(example)
                 kept += 1
         report.files.append({"uri": name, "format": fmt, "rows": len(rows)})
         report.rows += len(rows)
     if problems:
-        raise DataError(f"{len(problems)} invalid record(s) in the dataset", problems)
+        raise DataError(f"{invalid} invalid record(s) in the dataset", problems)
     if not examples:
         raise DataError("the dataset has no records: " + ", ".join(n for _, n in files))
     report.schema = schema or ""

@@ -169,8 +169,8 @@ class LoRARecipe:
         spec = self.spec
         self.tokenizer = load_tokenizer(self.model_path, spec.model.trust_remote_code)
         self.formatter = PromptFormatter(self.tokenizer, spec.dataset)
-        self.train_encoded = [self.formatter.encode(e) for e in self.train_set]
-        self.eval_encoded = [self.formatter.encode(e) for e in self.eval_set]
+        self.train_encoded = self.formatter.encode_all(self.train_set)
+        self.eval_encoded = self.formatter.encode_all(self.eval_set)
         self.token_stats = length_stats(self.train_encoded + self.eval_encoded)
         for message in preflight.check_answers(self.train_encoded, self.eval_encoded, spec.dataset.max_seq_length):
             self.data_report.warnings.append(message)
@@ -324,7 +324,7 @@ class LoRARecipe:
                                       self.device, self.dist), ev.metrics)
         self.log.append({"event": "eval", "step": self.schedule.total_steps, **tuned})
         samples = self.eval_set[: ev.max_samples]
-        refs = [e.response for e in samples]
+        refs = [self.formatter.reference(e) for e in samples]
         tuned_out = self._generate(samples, batch)
         tuned.update(generation_scores(tuned_out, refs, ev.metrics))
         base, base_out = {}, [None] * len(samples)
@@ -334,8 +334,8 @@ class LoRARecipe:
                                              self.device, self.dist), ev.metrics)
                 base_out = self._generate(samples, batch)
             base.update(generation_scores(base_out, refs, ev.metrics))
-        self.predictions = [{"prompt": e.user_text, "reference": e.response, "base": b, "tuned": t}
-                            for e, b, t in zip(samples, base_out, tuned_out, strict=True)]
+        self.predictions = [{"prompt": e.user_text, "reference": r, "base": b, "tuned": t}
+                            for e, r, b, t in zip(samples, refs, base_out, tuned_out, strict=True)]
         self.results = {"tuned": tuned, "base": base, **self._verdicts(tuned, batch)}
         return self.results
 
@@ -350,7 +350,7 @@ class LoRARecipe:
             ok, message = gate_verdict(ev.gate, tuned)
             out["gate"] = {"passed": ok, "message": message}
         if ev.regression is not None:
-            refs = [e.response for e in self.regression]
+            refs = [self.formatter.reference(e) for e in self.regression]
             wanted = [ev.regression.metric]
             tuned_reg = generation_scores(self._generate(self.regression, batch), refs, wanted)
             with base_model_context(self.model):
