@@ -78,11 +78,17 @@ def leak_warning(train: list, evaluation: list, eval_field: str) -> str | None:
     if not evaluation:
         return None
     trained = set(train)
-    prompts = {e.user_text for e in train}
+    # The whole conversation before the answer, not only the last user message: in multi-turn data that is
+    # often generic ("Is it in stock?") and would be shared by unrelated conversations.
+    prompts = {_prompt(e) for e in train}
     same = sum(e in trained for e in evaluation)
-    same_prompt = sum(e.user_text in prompts for e in evaluation) - same
+    same_prompt = sum(_prompt(e) in prompts for e in evaluation) - same
     if same == 0 and same_prompt * 2 < len(evaluation):
         return None
     return (f"possible eval leak: {same} of {len(evaluation)} eval examples ({eval_field}) are also in the training "
             f"data and {same_prompt} more share a user prompt with a training example; eval metrics will overstate how "
             "the model does on unseen data. Use held-out data for dataset.eval, or dataset.evalSplit")
+
+
+def _prompt(example) -> tuple:
+    return tuple(example.turns[: example.answer_index])
