@@ -9,6 +9,18 @@ from typing import Any
 
 JOBS = "/apis/kubetune.io/v1alpha1/namespaces/{ns}/finetunejobs"
 
+def job_spec(max_retries: int = 2, **extra: Any) -> dict[str, Any]:
+    """A small valid spec for the cluster tests (the node agent never runs a real trainer)."""
+    return {
+        "model": {"uri": "s3://models/base/"},
+        "dataset": {"train": {"uri": "s3://data/train.jsonl"}},
+        "output": {"uri": "s3://out/"},
+        "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
+        "failurePolicy": {"maxRetries": max_retries, "backoffSeconds": 1},
+        **extra,
+    }
+
+
 def finetunejob(name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
             "metadata": {"name": name, "labels": labels or {}}, "spec": spec}

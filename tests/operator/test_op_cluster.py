@@ -18,6 +18,7 @@ from clusterkit import (
     events,
     finetunejob,
     get_job,
+    job_spec,
     pod_names,
     succeed,
     terminate,
@@ -30,15 +31,7 @@ pytestmark = pytest.mark.k8s
 
 
 def spec(**extra) -> dict:
-    base = {
-        "model": {"uri": "s3://models/base/"},
-        "dataset": {"train": {"uri": "s3://data/train.jsonl"}},
-        "output": {"uri": "s3://out/"},
-        "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
-        "failurePolicy": {"maxRetries": 2, "backoffSeconds": 1},
-    }
-    base.update(extra)
-    return base
+    return job_spec(max_retries=2, **extra)
 
 
 def apply(cluster, ns, name, job_spec, labels=None):

@@ -10,34 +10,15 @@ import time
 from collections import Counter
 
 import pytest
-from clusterkit import condition, events, finetunejob, pod_names, succeed, wait_condition
+from clusterkit import condition, events, finetunejob, job_spec, pod_names, succeed, wait_condition
 
-from k8s.cluster import KubeHTTPError
+from k8s.cluster import KubeHTTPError, LocalCluster
 
 pytestmark = pytest.mark.k8s
 
 
 def spec(**extra) -> dict:
-    base = {
-        "model": {"uri": "s3://models/base/"},
-        "dataset": {"train": {"uri": "s3://data/train.jsonl"}},
-        "output": {"uri": "s3://out/"},
-        "resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"},
-        "failurePolicy": {"maxRetries": 0, "backoffSeconds": 1},
-    }
-    base.update(extra)
-    return base
-
-
-def wait_for(predicate, timeout=30, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.25)
+    return job_spec(max_retries=0, **extra)
 
 
 def test_a_not_ready_node_is_named_in_the_status(kube_cluster, kube_namespace, operator_up, scripted, node_agent):
@@ -121,7 +102,7 @@ def test_operator_sigkilled_with_20_jobs_in_flight(kube_cluster, kube_namespace,
         kube_cluster.apply(finetunejob(n, spec()), namespace=ns)
     op.kill()
     op.start()
-    wait_for(lambda: sum(1 for n in pod_names(kube_cluster, ns)) >= 10, 60, "half of the pods")
+    LocalCluster.wait_for(lambda: sum(1 for n in pod_names(kube_cluster, ns)) >= 10, 60, "half of the pods")
     op.kill()
     time.sleep(1)
     op.start()
