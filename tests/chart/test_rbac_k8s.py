@@ -5,12 +5,16 @@ outside that are forbidden. A second release checks the namespaced-Role mode."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
+import yaml
 
 from k8s.fixtures import kube_cluster  # noqa: F401
 
 from .helm import install_chart
+
+VALUES = Path(__file__).resolve().parents[2] / "charts" / "kubetune" / "values.yaml"
 
 pytestmark = pytest.mark.k8s
 
@@ -82,8 +86,9 @@ def test_requests_outside_the_operator_needs_are_forbidden(kube_cluster, cluster
 
 def test_chart_objects_exist_and_presets_were_installed(kube_cluster, cluster_wide):  # noqa: F811
     r = kube_cluster.kubectl("get", "clusterfinetuneruntimes", "-o", "name", kubeconfig=cluster_wide.kubeconfig)
-    assert set(r.stdout.split()) == {f"clusterfinetuneruntime.kubetune.io/{n}"
-                                     for n in ("llama", "mistral", "gemma", "smollm2-cpu")}
+    presets = yaml.safe_load(VALUES.read_text())["runtimes"]["presets"]  # every preset the chart ships
+    assert {"llama", "smollm2-cpu"} <= set(presets)
+    assert set(r.stdout.split()) == {f"clusterfinetuneruntime.kubetune.io/{n}" for n in presets}
     crd = kube_cluster.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/finetunejobs.kubetune.io")
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
 
