@@ -86,7 +86,7 @@ def check_serving(adapter_dir: Path, max_lora_rank: int) -> ServingVerdict:
                          "apply LoRA to; set method.lora.targetModules to those (or all-linear)"))
     rank = max([int(config.get("r", 0)), *map(int, (config.get("rank_pattern") or {}).values())])
     if rank > max_lora_rank:
-        needed = next((v for v in VLLM_MAX_LORA_RANKS if v >= rank), None)
+        needed = vllm_max_lora_rank(rank)
         flag = (f"start vLLM with --max-lora-rank {needed}" if needed
                 else f"vLLM serves ranks up to {VLLM_MAX_LORA_RANKS[-1]}")
         problems.append((Reason.RANK_ABOVE_SERVING_LIMIT,
@@ -99,6 +99,11 @@ def check_serving(adapter_dir: Path, max_lora_rank: int) -> ServingVerdict:
     if not problems:
         return ServingVerdict(True, Reason.SERVABLE, notes=notes)
     return ServingVerdict(False, problems[0][0], [p for _, p in problems], notes)
+
+
+def vllm_max_lora_rank(rank: int) -> int | None:
+    """The smallest --max-lora-rank vLLM accepts that serves `rank` (None above vLLM's largest)."""
+    return next((v for v in VLLM_MAX_LORA_RANKS if v >= rank), None)
 
 
 def adapted_modules(adapter_dir: Path) -> set[str]:

@@ -7,7 +7,7 @@ import yaml
 
 from kubetune_api.spec import METRICS
 
-from .handoff import base_model_name
+from .handoff import VLLM_MAX_LORA_RANKS, base_model_name, vllm_max_lora_rank
 
 # How each of our metrics is named in model-index (Papers with Code / hub conventions).
 METRIC_TYPES = {"evalLoss": "loss", "perplexity": "perplexity", "rouge1": "rouge", "rouge2": "rouge",
@@ -71,19 +71,13 @@ def _body(recipe, lineage: dict, serving: dict, base: str) -> str:
         'tokenizer = AutoTokenizer.from_pretrained("path/to/adapter")', "```", "",
         "With vLLM (OpenAI-compatible server; the adapter is the model name `" + name + "`):", "", "```bash",
         f"vllm serve {_local(base)} --enable-lora --max-lora-rank "
-        f"{_vllm_rank(lora.r)} --lora-modules {name}=path/to/adapter", "```", "",
+        f"{vllm_max_lora_rank(lora.r) or VLLM_MAX_LORA_RANKS[-1]} --lora-modules {name}=path/to/adapter", "```", "",
         "See docs/serving.md in the kubetune repository for KServe and vLLM-on-Kubernetes forms.", "",
     ])
 
 
 def _local(base: str) -> str:
     return base if "://" not in base else "path/to/base-model"
-
-
-def _vllm_rank(r: int) -> int:
-    from .handoff import VLLM_MAX_LORA_RANKS
-
-    return next((v for v in VLLM_MAX_LORA_RANKS if v >= r), VLLM_MAX_LORA_RANKS[-1])
 
 
 def _fmt(value) -> str:
