@@ -85,5 +85,12 @@ if is_true("Running") then
   return hs
 end
 
+local running = condition("Running")
+if running ~= nil and running.status == "Unknown" then
+  -- the node stopped reporting (NodeNotReady): the job may still be training; the message says which node
+  hs.message = describe(running, "Unknown")
+  return hs
+end
+
 hs.message = describe(condition("Scheduled") or condition("Validated"), "Pending")
 return hs

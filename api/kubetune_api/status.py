@@ -67,7 +67,7 @@ class Reason:
     TRACKER_UNAVAILABLE = "TrackerUnavailable"  # the tracker failed; training went on without it
 
 
-Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+Phase = Literal["Pending", "Running", "Unknown", "Suspended", "Succeeded", "Failed"]
 
 
 class Condition(ApiModel):
@@ -110,7 +110,7 @@ class FineTuneJobStatus(ApiModel):
     """Observed state of a FineTuneJob, written only by the operator."""
 
     conditions: list[Condition] = Field(default_factory=list, description="Conditions keyed by type.")
-    phase: Phase | None = Field(default=None, description="Pending, Running, Suspended, Succeeded or Failed (derived).")
+    phase: Phase | None = Field(default=None, description="Pending, Running, Unknown (the node running it stopped reporting), Suspended, Succeeded or Failed (derived).")
     observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
     spec_hash: str | None = Field(default=None, description="Hash of the spec fields that change the result.")
     run: int = Field(
@@ -193,4 +193,7 @@ def derive_phase(conditions: list[Condition]) -> Phase:
     ):
         if is_true(conditions, ctype):
             return phase  # type: ignore[return-value]
+    running = get_condition(conditions, ConditionType.RUNNING)
+    if running is not None and running.status == "Unknown":
+        return "Unknown"  # as a pod's phase when its node stops reporting: it may well still be training
     return "Pending"

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+PHASES = ("Pending", "Running", "Unknown", "Suspended", "Succeeded", "Failed")
 
 RECONCILE_ERRORS = Counter(
     "kubetune_reconcile_errors_total", "Reconciles of a FineTuneJob that raised an error (retried with backoff).",

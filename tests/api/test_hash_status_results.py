@@ -89,6 +89,8 @@ def test_phase_is_derived_from_conditions():
     assert derive_phase([]) == "Pending"
     conds = set_condition([], ConditionType.RUNNING, True, Reason.TRAINING)
     assert derive_phase(conds) == "Running"
+    # The node stopped reporting: not Pending (it was training and may still be), as a pod's phase Unknown.
+    assert derive_phase(set_condition(conds, ConditionType.RUNNING, "Unknown", Reason.NODE_NOT_READY)) == "Unknown"
     conds = set_condition(conds, ConditionType.FAILED, True, Reason.OOM_KILLED)
     assert derive_phase(conds) == "Failed"
 

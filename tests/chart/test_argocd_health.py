@@ -55,6 +55,8 @@ def health(obj: dict) -> tuple[str, str]:
         (job({"conditions": [cond("Suspended", reason="Suspended")], "phase": "Suspended",
               "observedGeneration": 1}, suspend=True), "Suspended", "Suspended"),
         (job(suspend=True), "Suspended", "spec.suspend"),
+        (job({"conditions": [cond("Validated"), cond("Running", "Unknown", "NodeNotReady", "node n1 of pod demo-1 is not Ready")],
+              "phase": "Unknown", "observedGeneration": 1}), "Progressing", "NodeNotReady: node n1 of pod demo-1"),
         (job({"phase": "Succeeded", "observedGeneration": 1}), "Healthy", "Succeeded"),
         (job({"phase": "Failed", "observedGeneration": 1}), "Degraded", "Failed"),
         # A spec edit after success is a new run: Progressing until the operator has observed it.
@@ -62,7 +64,7 @@ def health(obj: dict) -> tuple[str, str]:
          "Progressing", "Spec changed (generation 2)"),
     ],
     ids=["new", "validated", "unschedulable", "training", "succeeded", "oom", "invalid", "suspended",
-         "suspend-before-status", "phase-only-succeeded", "phase-only-failed", "spec-changed"],
+         "suspend-before-status", "node-not-ready", "phase-only-succeeded", "phase-only-failed", "spec-changed"],
 )
 def test_health(obj, expected, words):
     status, message = health(obj)

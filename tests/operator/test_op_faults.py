@@ -31,6 +31,7 @@ def test_a_not_ready_node_is_named_in_the_status(kube_cluster, kube_namespace, o
         running = condition(job, "Running")
         assert running["reason"] == "NodeNotReady" and "node test-node of pod demo-1" in running["message"]
         assert "Kubelet stopped posting node status" in running["message"]
+        assert job["status"]["phase"] == "Unknown"  # not Pending: it was training and may still be
         assert any(e["reason"] == "NodeNotReady" and e["type"] == "Warning" for e in events(kube_cluster, ns, "demo"))
     finally:
         node_agent.set_ready(True)
