@@ -13,6 +13,7 @@ import http.server
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -133,10 +134,11 @@ def test_two_runs_of_one_spec_racing_keep_the_first_artefacts(tmp_path, tiny_mod
 class FlakyS3:
     """A loopback proxy in front of the S3 server that fails the requests `fail(n)` picks (n counts requests
     from 0) and forwards the rest unchanged (signatures stay valid: Host is kept). `mode` is how it fails:
-    "503" answers 503 SlowDown, "drop" closes the connection without an answer."""
+    "503" answers 503 SlowDown, "drop" closes the connection without an answer, "stall" holds it unanswered
+    for `stall_s` seconds."""
 
-    def __init__(self, upstream: str, fail, mode: str = "503"):
-        self.upstream = upstream.removeprefix("http://")
+    def __init__(self, upstream: str, fail, mode: str = "503", stall_s: float = 20.0):
+        self.upstream, self.stall_s = upstream.removeprefix("http://"), stall_s
         self.fail, self.mode, self.count, self.failed, self.lock = fail, mode, 0, 0, threading.Lock()
         proxy = self
 
@@ -162,6 +164,10 @@ class FlakyS3:
             n, self.count = self.count, self.count + 1
             failing = self.fail(n)
             self.failed += failing
+        if failing and self.mode == "stall":  # accept, never answer: only the client's read timeout ends it
+            time.sleep(self.stall_s)
+            req.close_connection = True
+            return
         if failing and self.mode == "drop":
             req.close_connection = True
             req.connection.shutdown(2)
@@ -239,6 +245,21 @@ def test_s3_failing_for_a_while_does_not_fail_the_job(s3, bucket, tmp_path, cach
     assert result_of(tmp_path / "term").reason == "Completed"
     assert proxy.failed >= 10, f"only {proxy.failed} of {proxy.count} requests failed"
     assert success_exists(s3, config)
+
+
+def test_s3_not_answering_for_a_while_does_not_hang_the_job(s3, bucket, tmp_path, cache_dir):
+    """Requests the server accepts and never answers (a hung gateway) time out and are retried."""
+    # Held for an hour: without a read timeout each of these would hang the job (botocore waits 60 s).
+    proxy = FlakyS3(s3.endpoint, lambda n: n in (0, 4, 9, 17), "stall", stall_s=3600)
+    try:
+        config = s3_job(tmp_path, proxy.endpoint, "stalled")
+        env = {**pod_env(s3, tmp_path, config, cache_dir), "KUBETUNE_S3_READ_TIMEOUT_SECONDS": "3"}
+        proc = run_cli(["train"], env=env, timeout=200)
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result_of(tmp_path / "term").reason == "Completed"
+    assert proxy.failed == 4 and success_exists(s3, config)
 
 
 def test_s3_down_past_the_retry_budget_is_a_transient_failure(s3, bucket, tmp_path, cache_dir):

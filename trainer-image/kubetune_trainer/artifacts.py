@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
+from .claims import OutputClaim
 from .handoff import check_serving, name_the_base
 from .lineage import lineage_document, resolved_revision
 from .modelcard import model_card
@@ -27,6 +29,29 @@ def artifact_uris(store, merged: bool) -> dict[str, str]:
     if merged:
         uris["merged"] = store.uri("merged/")
     return uris
+
+
+def store_once(recipe) -> dict[str, str] | None:
+    """write_artifacts under the output claim (claims.py); None when another run of this spec hash stored
+    its artefacts first, which are then kept as they are."""
+    job = recipe.job
+    claim = OutputClaim(recipe.store, f"FineTuneJob {job.metadata.namespace}/{job.metadata.name}", success=SUCCESS)
+    if not claim.acquire():
+        return None
+    try:
+        artifacts = write_artifacts(recipe)
+    except BaseException:
+        _release_quietly(claim)  # another run waiting on this spec hash may write it instead
+        raise
+    claim.release()
+    return artifacts
+
+
+def _release_quietly(claim: OutputClaim) -> None:
+    try:
+        claim.release()
+    except Exception as err:  # the store may be what failed; the claim then goes stale in an hour
+        print(f"kubetune: could not release the output claim: {err}", file=sys.stderr)
 
 
 def write_artifacts(recipe) -> dict[str, str]:

@@ -17,7 +17,7 @@ from kubetune_api.results import Env, TrainerResult
 
 from . import data as datamod
 from . import preflight
-from .artifacts import SUCCESS, write_artifacts
+from .artifacts import SUCCESS, store_once
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
 from .datafiles import Limits, check_stored_size
@@ -369,11 +369,11 @@ class LoRARecipe:
             return TrainerResult(ok=True, reason="Completed", spec_hash=self.job.spec_hash,
                                  message=f"rank {self.dist.rank} of {self.dist.world_size}: done")
         self.reporter.stage("saving")
-        if self.store.exists(SUCCESS):  # another run of the same spec finished first: keep what it stored
+        artifacts = None if self.store.exists(SUCCESS) else store_once(self)
+        if artifacts is None:  # another run of the same spec stored first: keep what it stored
             from .runner import already_complete
 
             return already_complete(self.job, self.store)
-        artifacts = write_artifacts(self)
         r = self.results
         message = "; ".join([summary(r), *(f"warning: {w}" for w in self.data_report.warnings)])
         return TrainerResult(

@@ -85,6 +85,15 @@ def s3_attempts() -> int:
         return 10
 
 
+def s3_read_timeout() -> float:
+    """Seconds an S3 request may wait for the server's answer before it is retried (botocore's default, 60);
+    KUBETUNE_S3_READ_TIMEOUT_SECONDS overrides it (a slow gateway, or a test)."""
+    try:
+        return max(0.1, float(os.environ.get("KUBETUNE_S3_READ_TIMEOUT_SECONDS", "60")))
+    except ValueError:
+        return 60.0
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -113,7 +122,7 @@ class Storage:
                 "s3", endpoint_url=spec.endpoint, region_name=spec.region,
                 config=Config(s3={"addressing_style": spec.addressing_style},
                               retries={"mode": "standard", "max_attempts": s3_attempts()},
-                              connect_timeout=10, read_timeout=60),
+                              connect_timeout=10, read_timeout=s3_read_timeout()),
             )
         return self._client
 
@@ -253,6 +262,51 @@ class ArtifactStore:
         with self.storage.errors(self.uri(rel)):
             self.storage.client.put_object(Bucket=bucket, Key=key, Body=text.encode())
         return self.uri(rel)
+
+    def create_exclusive(self, rel: str, text: str) -> str | None:
+        """Create `rel` holding `text` only if nothing is there (S3 `If-None-Match: *`, O_EXCL locally);
+        None when created, else what is already there."""
+        for _ in range(5):  # a holder may release between our create and our read: then create again
+            if not self._create_if_absent(rel, text):
+                return None
+            try:
+                return self.read_text(rel)
+            except (NotFound, FileNotFoundError):
+                continue
+        return self.read_text(rel)
+
+    def _create_if_absent(self, rel: str, text: str) -> bool:
+        """False when created; True when something was already there."""
+        if not self.is_s3:
+            path = Path(self.uri(rel))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return True
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return False
+        from botocore.exceptions import ClientError
+
+        bucket, key = split_s3(self.uri(rel))
+        with self.storage.errors(self.uri(rel)):
+            try:
+                self.storage.client.put_object(Bucket=bucket, Key=key, Body=text.encode(), IfNoneMatch="*")
+                return False
+            except ClientError as err:  # 412: it exists; 409: a concurrent conditional write won
+                if str(err.response.get("Error", {}).get("Code")) not in ("PreconditionFailed",
+                                                                           "ConditionalRequestConflict"):
+                    raise
+                return True
+
+    def delete(self, rel: str) -> None:
+        if not self.is_s3:
+            Path(self.uri(rel)).unlink(missing_ok=True)
+            return
+        bucket, key = split_s3(self.uri(rel))
+        with self.storage.errors(self.uri(rel)):
+            self.storage.client.delete_object(Bucket=bucket, Key=key)
 
     def put_file(self, rel: str, local: Path) -> str:
         if not self.is_s3:
