@@ -344,8 +344,8 @@ class TrainingSpec(ApiModel):
         default="auto",
         description="How several GPUs (resources.gpus > 1) share the work: ddp keeps the whole base on every GPU "
         "and all-reduces the adapter's gradients; fsdp (FSDP2) splits the base and the adapter across the GPUs, "
-        "for bases that do not fit one. auto picks ddp when the base fits one GPU, else fsdp. fsdp needs "
-        "method.type lora. Default: auto.",
+        "for bases that do not fit one (with qlora, the 4-bit base is stored in the compute dtype so FSDP can "
+        "shard it). auto picks ddp when the base fits one GPU, else fsdp. Default: auto.",
     )
 
     @model_validator(mode="after")
@@ -630,9 +630,6 @@ class FineTuneJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _rules(self) -> FineTuneJobSpec:
-        if self.training.sharding == "fsdp" and self.method.type == "qlora":
-            raise ValueError("training.sharding fsdp needs method.type lora: sharding a 4-bit base is not supported "
-                             "yet; use sharding ddp (or auto), where each GPU holds the whole 4-bit base")
         if self.storage.s3.secret_ref is not None and not self._uses_s3():
             raise ValueError("storage.s3.secretRef is set but no model, dataset or output uri uses s3://")
         problems = overlap_errors(self.uris())

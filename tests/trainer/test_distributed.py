@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from kubetune_api.job import parse_job
 
 from .conftest import REPO, manifest, sku_rows, tiny_spec, write_jsonl, write_manifest
@@ -218,15 +220,33 @@ def test_packing_and_gradient_accumulation_per_rank_keep_the_one_process_result(
     assert_same_adapter(adapter(one_root), adapter(two_root))
 
 
-def test_qlora_under_ddp_on_two_processes_trains_what_one_process_trains(tmp_path, tiny_model):
-    """A 4-bit base on every rank (bitsandbytes on CPU), the adapter's gradients all-reduced by DDP."""
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_qlora_on_two_processes_trains_what_one_process_trains(tmp_path, tiny_model, sharding):
+    """A 4-bit base (bitsandbytes on CPU): under ddp every rank holds all of it and DDP all-reduces the
+    adapter's gradients; under fsdp (FSDP2) the 4-bit weights, stored in the compute dtype, are split across
+    the ranks with the adapter. Both train what one process trains with the same global batch."""
     qlora = {"type": "qlora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "quantization": {"computeDtype": "float32"}}
-    configs = [job(tmp_path, tiny_model, name, batch=batch, method=qlora, maxSteps=4)
+    configs = [job(tmp_path, tiny_model, name, batch=batch, method=qlora, maxSteps=4, sharding=sharding)
                for name, batch in (("q-one", 4), ("q-two", 2))]
     for argv, (config, _) in zip((ONE_PROCESS, TORCHRUN), configs, strict=True):
         done = run(argv, env_for(tmp_path, config))
         assert done.returncode == 0, done.stderr[-3000:]
     (_, one_root), (_, two_root) = configs
+    with open(f"{two_root}train-log.jsonl") as f:
+        assert next(json.loads(line) for line in f)["sharding"] == sharding
     for a, b in zip(steps(one_root), steps(two_root), strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-4 and abs(a["gradNorm"] - b["gradNorm"]) <= 1e-3 * a["gradNorm"], (a, b)
     assert_same_adapter(adapter(one_root), adapter(two_root), tolerance=1e-4)
+    assert max(v.abs().max() for k, v in adapter(two_root).items() if "lora_B" in k) > 0, "nothing was trained"
+
+
+def test_auto_sharding_picks_fsdp_only_for_a_base_that_does_not_fit_one_gpu():
+    from kubetune_trainer.distributed import choose_sharding
+
+    gib = 1 << 30
+    assert choose_sharding("auto", "lora", "cuda", 16 * gib, 80 * gib) == "ddp"  # 8B bf16 on an 80 GB GPU
+    assert choose_sharding("auto", "lora", "cuda", 140 * gib, 80 * gib) == "fsdp"  # 70B bf16
+    assert choose_sharding("auto", "qlora", "cuda", 140 * gib, 80 * gib) == "ddp"  # 70B in 4 bits: ~35 GB
+    assert choose_sharding("auto", "qlora", "cuda", 140 * gib, 40 * gib) == "fsdp"  # ... not on a 40 GB GPU
+    assert choose_sharding("auto", "lora", "cpu", 140 * gib, 0) == "ddp"
+    assert choose_sharding("fsdp", "qlora", "cpu", 1, 0) == "fsdp"  # an explicit choice is kept

@@ -110,8 +110,11 @@ def available_cpus() -> int:
     return max(1, min(cpus, math.ceil(int(quota) / int(period))))
 
 
-def load_model(path: Path, method, device: str, dtype, trust_remote_code: bool = False, allow_pickle: bool = False):
-    """The base model on `device`: full precision for LoRA, 4-bit bitsandbytes for QLoRA."""
+def load_model(path: Path, method, device: str, dtype, trust_remote_code: bool = False, allow_pickle: bool = False,
+               sharded: bool = False):
+    """The base model on `device`: full precision for LoRA, 4-bit bitsandbytes for QLoRA. A 4-bit base that
+    FSDP will shard (`sharded`) packs its 4-bit values in the compute dtype instead of uint8, as bitsandbytes
+    and PEFT's FSDP-QLoRA recipe require: FSDP then handles frozen 4-bit and trainable weights alike."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -124,6 +127,7 @@ def load_model(path: Path, method, device: str, dtype, trust_remote_code: bool =
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=q.quant_type, bnb_4bit_use_double_quant=q.double_quant,
             bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+            bnb_4bit_quant_storage=getattr(torch, q.compute_dtype) if sharded else torch.uint8,
         )
         kwargs["device_map"] = {"": device}
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

@@ -180,7 +180,7 @@ class LoRARecipe:
         # Under FSDP the base loads into host memory and fully_shard moves each rank's shard to its GPU.
         on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.dist.device_name(self.device)
         self.model = load_model(self.model_path, spec.method, on, self.dtype, spec.model.trust_remote_code,
-                                spec.model.allow_pickle_weights)
+                                spec.model.allow_pickle_weights, sharded=self.sharding == "fsdp")
 
     def _setup_adapter(self) -> None:
         import torch
@@ -219,7 +219,7 @@ class LoRARecipe:
         start = self._resume()
         total = self.schedule.total_steps
         self.log.append({"event": "start", "step": start, "attempt": int(os.environ.get(Env.ATTEMPT) or 1),
-                         "worldSize": self.dist.world_size, "time": round(time.time(), 3)})
+                         "worldSize": self.dist.world_size, "sharding": self.sharding, "time": round(time.time(), 3)})
         with self.stop.deferred():
             self.reporter.start_training(start, total)
             self.model.train()
