@@ -63,6 +63,7 @@ class TrainerResult(ApiModel):
     reason: str = Field(description="Reason constant: Completed, AlreadyComplete, DataInvalid, ...")
     message: str = Field(default="", description="Human-readable detail; never contains secret values.")
     spec_hash: str | None = Field(default=None, description="Spec hash of the run.")
+    data_version: str | None = Field(default=None, description="Data version the run trained on (dataversion.py).")
     metrics: dict[str, float] = Field(default_factory=dict, description="Tuned-model metrics.")
     base_metrics: dict[str, float] = Field(default_factory=dict, description="Base-model metrics.")
     gate_passed: bool | None = Field(default=None, description="Result of evaluation.gate and regression; null when none.")

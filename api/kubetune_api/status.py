@@ -98,7 +98,10 @@ class Progress(ApiModel):
 class Artifacts(ApiModel):
     """URIs of what the run wrote."""
 
-    root: str | None = Field(default=None, description="{output.uri}/{namespace}/{name}/{specHash}/")
+    root: str | None = Field(
+        default=None, description="{output.uri}/{namespace}/{name}/{specHash}/, or {specHash}-data-{dataVersion}/ "
+        "when that folder already holds a run on other data.",
+    )
     adapter: str | None = Field(default=None, description="PEFT adapter folder.")
     merged: str | None = Field(default=None, description="Merged model folder, when output.mergeAdapter is set.")
     report: str | None = Field(default=None, description="HTML report with the loss curve and base-vs-tuned table.")
@@ -113,6 +116,11 @@ class FineTuneJobStatus(ApiModel):
     phase: Phase | None = Field(default=None, description="Pending, Running, Suspended, Succeeded or Failed (derived).")
     observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
     spec_hash: str | None = Field(default=None, description="Hash of the spec fields that change the result.")
+    data_version: str | None = Field(
+        default=None, description="The data version this run trained on (or found already trained): a digest "
+        "of every data file's URI, size and ETag (sha256 for local files), set when the run succeeds. Changed "
+        "data at the same URIs trains again into {specHash}-data-{dataVersion}/ (docs/lineage.md).",
+    )
     run: int = Field(
         default=0, description="Runs started: 1 for the first spec, one more for each spec change that starts a "
         "new run. Run 1's pods are <name>-<attempt>, run n's <name>-r<n>-<attempt>."
