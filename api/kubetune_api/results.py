@@ -125,6 +125,7 @@ class Env:
     """Environment variables the operator sets on the trainer pod (and `kubetune run` sets locally)."""
 
     CONFIG = "KUBETUNE_CONFIG"  # path of the FineTuneJob manifest (YAML) to run; default /etc/kubetune/job.yaml
+    MANIFEST = "KUBETUNE_MANIFEST"  # the manifest itself (JSON), for a schedule's data-version probe pod
     TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # where the TrainerResult goes; default /dev/termination-log
     PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress events; unset -> stdout only
     PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN"  # bearer token valid for this job's progress only

@@ -65,6 +65,13 @@ class Reason:
     UNSUPPORTED_ADAPTER_FEATURE = "UnsupportedAdapterFeature"  # DoRA, trained bias, modules_to_save
     LOGGED = "Logged"  # the tracker has the run
     TRACKER_UNAVAILABLE = "TrackerUnavailable"  # the tracker failed; training went on without it
+    # FineTuneSchedule outcomes of a scheduled time (status.lastOutcome and its Events)
+    JOB_CREATED = "JobCreated"  # the data changed (or nothing trained yet): a job was created
+    DATA_UNCHANGED = "DataUnchanged"  # the data is what the last successful (or a running) job trained on
+    JOB_ALREADY_ACTIVE = "JobAlreadyActive"  # concurrencyPolicy Forbid and a job still runs: time skipped
+    JOB_REPLACED = "JobReplaced"  # concurrencyPolicy Replace: the running job was deleted for the new one
+    DATA_CHECK_FAILED = "DataCheckFailed"  # the probe could not list the data: time skipped, said why
+    HISTORY_PRUNED = "HistoryPruned"  # a finished job beyond the history limits was deleted
 
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]

@@ -12,8 +12,10 @@ import json
 from dataclasses import dataclass
 
 from kubetune_api.dataversion import data_version, versioned_root
+from kubetune_api.results import ExitCode, TrainerResult
+from kubetune_api.status import Reason
 
-from .errors import TrainerError
+from .errors import TrainerError, classify
 from .storage import ArtifactStore, Storage, sha256_of
 
 SUCCESS = "_SUCCESS"
@@ -81,3 +83,16 @@ def choose_root(job, storage: Storage) -> RunRoot:
         return RunRoot(first, version, complete=True)
     other = ArtifactStore(versioned_root(job.artifact_root(), version), storage)
     return RunRoot(other, version, complete=other.exists(SUCCESS), versioned=True)
+
+
+def probe(job, manifest_dir=None) -> tuple[ExitCode, TrainerResult]:
+    """The data version of `job`'s data alone (`kubetune data-version`, a FineTuneSchedule's probe pod)."""
+    try:
+        inputs = list_inputs(job.spec, Storage(job.spec.storage.s3, manifest_dir))
+    except Exception as err:  # noqa: BLE001 - typed like the trainer's; anything else is a bug, reported
+        typed = classify(err) or TrainerError(f"internal error: {type(err).__name__}: {err}")
+        return typed.code, TrainerResult(ok=False, reason=typed.code.reason, message=typed.message)
+    files = sum(len(f) for f in inputs.values())
+    version = data_version(inputs)
+    return ExitCode.OK, TrainerResult(ok=True, reason=Reason.COMPLETED, data_version=version,
+                                      message=f"data version {version} over {files} file(s)")
