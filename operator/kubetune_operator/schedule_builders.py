@@ -4,6 +4,7 @@ data-version probe pod out. No client, no clock: the caller passes the time."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -128,4 +129,22 @@ def build_probe_pod(body: dict[str, Any], when: datetime, settings: Settings) ->
             "ownerReferences": [owner_reference(body)],
         },
         "spec": spec,
+    }
+
+
+def build_schedule_event(body: dict[str, Any], due: datetime | None, event: Any, now: datetime) -> dict[str, Any]:
+    """A core/v1 Event about the schedule, named by its uid, scheduled time, reason and message: planned
+    again after a crash or a 409, it is the same Event (AlreadyExists), so each is posted once."""
+    meta, stamp = body["metadata"], now_rfc3339(now)
+    key = "/".join(str(x) for x in (meta.get("uid"), stamp_of(due) if due else "-", event.reason, event.message))
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{meta['name']}.{hashlib.sha256(key.encode()).hexdigest()[:16]}",
+                     "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": API_VERSION, "kind": SCHEDULE_KIND, "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid"),
+                           "resourceVersion": meta.get("resourceVersion")},
+        "type": event.type, "reason": event.reason, "message": event.message[:1024], "count": 1,
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "source": {"component": "kubetune-operator"},
+        "reportingComponent": "kubetune-operator",
     }

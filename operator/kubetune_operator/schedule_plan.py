@@ -137,6 +137,12 @@ class _SchedulePlanner:
         created = (self.obs.body.get("metadata") or {}).get("creationTimestamp")
         since = parse_time(self.st.last_schedule_time or created or self.stamp)
         due, following = due_and_next(spec, self.now, since)
+        # A probe already asked about an earlier time that is not handled yet: finish that time first, or a
+        # probe slower than the schedule's interval would be replaced by the next one forever.
+        asked = [parse_time(t) for p in self.probes.values()
+                 if (t := (p["metadata"].get("annotations") or {}).get(SCHEDULED_TIME)) and parse_time(t) > since]
+        if due is not None and asked:
+            due = min(asked)
         self.st.next_schedule_time = now_rfc3339(following)
         self.out.requeue_after = max(0.0, (following - self.now).total_seconds())
         if spec.suspend:

@@ -176,3 +176,16 @@ def test_suspend_creates_nothing_and_an_invalid_schedule_names_the_field():
     cond = body["status"]["conditions"][0]
     assert (cond["status"], cond["reason"]) == ("False", Reason.INVALID_SPEC)
     assert cond["message"].startswith("spec.schedule: '0 25 * * *' is not a cron expression")
+
+
+def test_a_probe_slower_than_the_interval_is_waited_for_not_replaced():
+    body = schedule_body(cron="* * * * * */2")  # every 2 seconds (croniter's seconds field, last)
+    first = utc(2026, 3, 1, 0, 1, 0)
+    running = probe(body, first, phase="Running")
+    p, _ = plan(body, first + timedelta(seconds=5), probes=[running])
+    assert p.create_probe is None and p.delete_probes == [], "the probe of 00:01:00 is still the one asked"
+    p, after = plan(body, first + timedelta(seconds=6), probes=[probe(body, first, "v1")])
+    assert p.create_job["metadata"]["name"] == job_name("nightly", first)
+    assert after["status"]["lastScheduleTime"] == "2026-03-01T00:01:00Z"
+    p, _ = plan(after, first + timedelta(seconds=6, milliseconds=100), probes=[probe(body, first, "v1")])
+    assert p.create_probe == first + timedelta(seconds=6) and p.delete_probes == [probe_name("nightly", first)]
