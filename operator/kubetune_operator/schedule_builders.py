@@ -76,10 +76,14 @@ def build_job(body: dict[str, Any], when: datetime, data_version: str | None) ->
     }
 
 
+# What the probe reads of the template: the data URIs and how to reach them, plus the required fields.
+# None of them is ever a runtime's (runtime.JOB_ONLY_FIELDS), so the probe needs no runtimeRef.
+PROBE_FIELDS = ("model", "dataset", "evaluation", "output", "storage")
+
+
 def probe_manifest(body: dict[str, Any]) -> dict[str, Any]:
-    """What the probe reads: the template as a FineTuneJob. Data URIs and storage are never a runtime's
-    (runtime.JOB_ONLY_FIELDS), so the runtimeRef is left out."""
-    spec = {k: v for k, v in body["spec"]["jobTemplate"]["spec"].items() if k != "runtimeRef"}
+    """The template as the FineTuneJob the probe lists the data of."""
+    spec = {k: v for k, v in body["spec"]["jobTemplate"]["spec"].items() if k in PROBE_FIELDS}
     return {"apiVersion": API_VERSION, "kind": KIND,
             "metadata": {"name": body["metadata"]["name"], "namespace": body["metadata"]["namespace"]}, "spec": spec}
 
