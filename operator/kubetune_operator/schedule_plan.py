@@ -114,7 +114,14 @@ class _SchedulePlanner:
         except SpecError as err:
             self.invalid("; ".join(err.errors))
         else:
-            self.valid(schedule)
+            # The rules of a job run in a cluster (FineTuneJobSpec.in_cluster_errors), said on the schedule
+            # rather than on every job it would create.
+            problems = [e.replace("spec.", "spec.jobTemplate.spec.", 1)
+                        for e in schedule.spec.job_template.spec.in_cluster_errors()]
+            if problems:
+                self.invalid("; ".join(problems))
+            else:
+                self.valid(schedule)
         self.st.observed_generation = self.generation
         self.out.status = self.st.to_wire()
         return self.out

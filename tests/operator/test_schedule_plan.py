@@ -189,3 +189,12 @@ def test_a_probe_slower_than_the_interval_is_waited_for_not_replaced():
     assert after["status"]["lastScheduleTime"] == "2026-03-01T00:01:00Z"
     p, _ = plan(after, first + timedelta(seconds=6, milliseconds=100), probes=[probe(body, first, "v1")])
     assert p.create_probe == first + timedelta(seconds=6) and p.delete_probes == [probe_name("nightly", first)]
+
+
+def test_a_template_a_cluster_cannot_run_is_refused_on_the_schedule():
+    body = schedule_body()
+    body["spec"]["jobTemplate"]["spec"]["dataset"]["train"]["uri"] = "./data/train.jsonl"
+    p, after = plan(body, utc(2026, 3, 1, 3, 0, 5))
+    assert p.create_probe is None and p.create_job is None
+    cond = after["status"]["conditions"][0]
+    assert cond["status"] == "False" and cond["message"].startswith("spec.jobTemplate.spec.dataset.train.uri: ")
