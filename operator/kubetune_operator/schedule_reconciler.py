@@ -191,18 +191,18 @@ class ScheduleReconciler:
             await self._create(self.kube.create_job, p.create_job)
         if p.create_probe is not None:
             await self._create(self.kube.create, build_probe_pod(body, p.create_probe, self.settings))
+        # Events before the status that records them (a repeat after a crash answers AlreadyExists).
+        for event in p.events:
+            try:
+                if await self.kube.create_event(build_schedule_event(body, p.due, event, now)):
+                    log.info("FineTuneSchedule %s/%s: %s %s", namespace, name, event.reason, event.message)
+            except ApiError as err:  # an Event is worth a log line, never a missed schedule
+                log.warning("FineTuneSchedule %s/%s: cannot post an Event: %s", namespace, name, err)
         patch = merge_patch(body.get("status") or {}, p.status)
         if patch:
-            for event in p.events:
-                try:
-                    await self.kube.create_event(build_schedule_event(body, p.due, event, now))
-                except ApiError as err:  # an Event is worth a log line, never a missed schedule
-                    log.warning("FineTuneSchedule %s/%s: cannot post an Event: %s", namespace, name, err)
             self.schedules[key] = await self.kube.patch_schedule_status(
                 namespace, name, {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]},
                                   "status": patch})
-            for event in p.events:
-                log.info("FineTuneSchedule %s/%s: %s %s", namespace, name, event.reason, event.message)
         for pod in p.delete_probes:
             await self.kube.delete(namespace, "pods", pod)
         for job in p.delete_jobs:
