@@ -207,7 +207,7 @@ def schedule_with_chart_rbac(cluster, ns: str, scripts: dict[str, list]) -> None
                             "jobTemplate": {"spec": spec()}}}, namespace=ns)
     path = f"/apis/kubetune.io/v1alpha1/namespaces/{ns}/finetuneschedules/tick"
     status = wait_for(lambda: (s := (cluster.get(path) or {}).get("status") or {}).get("lastPassingRun")
-                      and s.get("lastOutcome") == "DataUnchanged" and s, 40, "a job, then unchanged data")
+                      and s.get("lastOutcome") == "DataUnchanged" and s, 60, "a job, then unchanged data")
     assert status["latestAdapter"] == "s3://out/tick/adapter/"
     wait_for(lambda: get_job(cluster, ns, status["lastPassingRun"]["name"]) is None, 20, "the history limit")
     reasons = {e["reason"] for e in events(cluster, ns, None) if e["involvedObject"].get("kind") == "FineTuneSchedule"}

@@ -75,7 +75,7 @@ def test_schedule_creates_jobs_on_time_only_for_new_data_and_survives_restarts(
                             "metadata": {"name": "nightly"},
                             "spec": {"schedule": "* * * * * */3", "successfulJobsHistoryLimit": 5,
                                      "jobTemplate": {"spec": spec}}}, namespace=ns)
-        first = kube_cluster.wait_for(lambda: scheduled_jobs(kube_cluster, ns), 30, "the first scheduled job")
+        first = kube_cluster.wait_for(lambda: scheduled_jobs(kube_cluster, ns), 60, "the first scheduled job")
         # An operator killed as soon as it created a job (its status maybe not yet written) creates no
         # second job for that time when it comes back.
         operator_up.kill()
@@ -91,7 +91,7 @@ def test_schedule_creates_jobs_on_time_only_for_new_data_and_survives_restarts(
             later = st.get("lastScheduleTime", "") > datetime.fromtimestamp(stamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             return st.get("lastOutcome") == "DataUnchanged" and later and st
 
-        st = kube_cluster.wait_for(passed_and_unchanged, 40, "a later time skipped for unchanged data")
+        st = kube_cluster.wait_for(passed_and_unchanged, 60, "a later time skipped for unchanged data")
         assert [j["metadata"]["name"] for j in scheduled_jobs(kube_cluster, ns)] == [job["metadata"]["name"]]
         assert st["lastPassingRun"]["name"] == job["metadata"]["name"]
         assert st["latestAdapter"] == f"s3://{BUCKET}/runs/{ns}/{job['metadata']['name']}/h/adapter/"
@@ -103,13 +103,13 @@ def test_schedule_creates_jobs_on_time_only_for_new_data_and_survives_restarts(
         current["version"] = data_version(s3_server, spec, monkeypatch)
         operator_up.start()
         jobs = kube_cluster.wait_for(lambda: len(scheduled_jobs(kube_cluster, ns)) == 2 and scheduled_jobs(kube_cluster, ns),
-                                     30, "a job for the new data")
+                                     60, "a job for the new data")
         second = jobs[1]
         assert second["metadata"]["annotations"]["kubetune.io/data-version"] == current["version"]
         kube_cluster.wait_for(
             lambda: (schedule_status(kube_cluster, ns).get("lastPassingRun") or {}).get("name")
-            == second["metadata"]["name"], 30, "the second job to pass")
-        kube_cluster.wait_for(lambda: schedule_status(kube_cluster, ns).get("lastOutcome") == "DataUnchanged", 30,
+            == second["metadata"]["name"], 60, "the second job to pass")
+        kube_cluster.wait_for(lambda: schedule_status(kube_cluster, ns).get("lastOutcome") == "DataUnchanged", 60,
                               "unchanged data again")
         assert len(scheduled_jobs(kube_cluster, ns)) == 2
         reasons = {e["reason"] for e in (kube_cluster.get(f"/api/v1/namespaces/{ns}/events") or {}).get("items", [])
