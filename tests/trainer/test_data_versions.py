@@ -81,3 +81,32 @@ def test_changed_data_at_the_same_uri_retrains_into_a_new_folder_unchanged_data_
     _, back = run_job(job)
     assert back.reason == "AlreadyComplete" and back.artifacts["root"] == first_root
     assert back.data_version == first.data_version
+
+
+def test_data_version_command_is_the_probe_a_schedule_runs(tmp_path):
+    """`kubetune data-version` (a FineTuneSchedule's probe pod): the version of the data only, changing with
+    its bytes; a missing input is a typed NotFound in the termination message."""
+    import os
+    import subprocess
+    import sys
+
+    from kubetune_api.results import TrainerResult
+
+    data = write_jsonl(tmp_path / "data" / "train.jsonl", sku_rows())
+    doc = manifest(tiny_spec("hf://org/model", str(data.parent), str(tmp_path / "out")))
+    env = {**os.environ, "KUBETUNE_MANIFEST": json.dumps(doc), "KUBETUNE_TERMINATION_LOG": str(tmp_path / "term")}
+
+    def probe() -> tuple[int, TrainerResult]:
+        proc = subprocess.run([sys.executable, "-m", "kubetune_trainer", "data-version"], env=env,
+                              capture_output=True, text=True, timeout=60)
+        return proc.returncode, TrainerResult.from_termination_message((tmp_path / "term").read_text())
+
+    code, first = probe()
+    assert code == 0 and first.ok and len(first.data_version) == 16
+    assert probe()[1].data_version == first.data_version, "the same bytes, the same version"
+    write_jsonl(data, sku_rows()[:-1])
+    assert probe()[1].data_version != first.data_version
+    data.unlink()
+    data.parent.rmdir()
+    code, missing = probe()
+    assert code == 13 and (missing.ok, missing.reason) == (False, "NotFound") and str(data.parent) in missing.message
