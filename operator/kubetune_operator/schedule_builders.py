@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from kubetune_api import API_VERSION, GROUP, KIND
 from kubetune_api.results import TERMINATION_LOG, Env
 from kubetune_api.schedule import SCHEDULE_KIND
-from kubetune_api.status import now_rfc3339
+from kubetune_api.status import Reason, now_rfc3339
 
 from .builders import JOB_LABEL, TRAINER_UID
 
@@ -137,10 +137,13 @@ def build_probe_pod(body: dict[str, Any], when: datetime, settings: Settings) ->
 
 
 def build_schedule_event(body: dict[str, Any], due: datetime | None, event: Any, now: datetime) -> dict[str, Any]:
-    """A core/v1 Event about the schedule, named by its uid, scheduled time, reason and message: planned
-    again after a crash or a 409, it is the same Event (AlreadyExists), so each is posted once."""
+    """A core/v1 Event about the schedule, named by its uid, generation, scheduled time and reason (and the
+    pruned job: one Event each): planned again after a crash or a 409, it is the same Event (AlreadyExists),
+    so each is posted once."""
     meta, stamp = body["metadata"], now_rfc3339(now)
-    key = "/".join(str(x) for x in (meta.get("uid"), stamp_of(due) if due else "-", event.reason, event.message))
+    subject = event.message if event.reason == Reason.HISTORY_PRUNED else ""
+    key = "/".join(str(x) for x in (meta.get("uid"), meta.get("generation"), stamp_of(due) if due else "-",
+                                    event.reason, subject))
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{meta['name']}.{hashlib.sha256(key.encode()).hexdigest()[:16]}",

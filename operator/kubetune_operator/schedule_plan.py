@@ -204,7 +204,8 @@ class _SchedulePlanner:
         name = job_name(self.obs.body["metadata"]["name"], due)
         when = now_rfc3339(due)
         if any(j["metadata"]["name"] == name for j in self.jobs):  # created before a restart: handled
-            self.st.last_schedule_time, self.st.last_outcome = when, Reason.JOB_CREATED
+            # (its Event, if it was posted before the restart, has this name and answers AlreadyExists)
+            self.handled(due, Reason.JOB_CREATED, NORMAL, f"created job {name} for {when}")
             return
         active = [j for j in self.jobs if j["metadata"]["name"] in self.st.active]
         if active and spec.concurrency_policy == "Forbid":

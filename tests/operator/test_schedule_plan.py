@@ -12,7 +12,7 @@ from opkit import MINIMAL_SPEC, SETTINGS
 
 from kubetune_api import Reason
 from kubetune_operator.conditions import merge_patch
-from kubetune_operator.schedule_builders import build_probe_pod, job_name, probe_name
+from kubetune_operator.schedule_builders import build_probe_pod, build_schedule_event, job_name, probe_name
 from kubetune_operator.schedule_plan import ScheduleObserved, plan_schedule
 
 SCHED_UID = "5b1f7e2a-0c3d-4e5f-8a9b-0c1d2e3f4a5b"
@@ -86,8 +86,13 @@ def test_a_due_time_checks_the_data_first_then_creates_the_job_named_after_the_t
     assert p.delete_probes == [probe_name("nightly", due)]
     # The same observation again (an operator restart before the job showed in the cache): the job of that
     # time exists, so the time is handled and nothing is created twice.
-    again, _ = plan(body, due + timedelta(seconds=6), jobs=[job], probes=[probe(body, due, "v1")])
+    restarted = copy.deepcopy(body)
+    restarted["status"].pop("lastScheduleTime")  # ... or before its status was written
+    again, _ = plan(restarted, due + timedelta(seconds=6), jobs=[job], probes=[probe(body, due, "v1")])
     assert again.create_job is None and again.create_probe is None
+    # Its Event has the name of the one posted before the restart, if that was posted (AlreadyExists).
+    names = {build_schedule_event(body, due, e, due)["metadata"]["name"] for e in p.events + again.events}
+    assert len(names) == 1 and [e.reason for e in again.events] == [Reason.JOB_CREATED]
 
 
 def test_time_zone_keeps_local_time_across_daylight_saving():
