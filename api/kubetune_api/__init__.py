@@ -31,12 +31,21 @@ from .runtime import (
     parse_runtime,
     parse_runtime_spec,
 )
+from .schedule import (
+    SCHEDULE_KIND,
+    SCHEDULE_PLURAL,
+    FineTuneSchedule,
+    FineTuneScheduleSpec,
+    FineTuneScheduleStatus,
+    parse_schedule,
+)
 from .spec import FineTuneJobSpec
 from .status import Condition, ConditionType, FineTuneJobStatus, Reason, derive_phase, set_condition
 
 __all__ = [
     "__version__",
-    "API_VERSION", "GROUP", "KIND", "PLURAL", "RUNTIME_KIND", "RUNTIME_PLURAL", "VERSION",
+    "API_VERSION", "GROUP", "KIND", "PLURAL", "RUNTIME_KIND", "RUNTIME_PLURAL", "SCHEDULE_KIND", "SCHEDULE_PLURAL",
+    "VERSION", "FineTuneSchedule", "FineTuneScheduleSpec", "FineTuneScheduleStatus", "parse_schedule",
     "ClusterFineTuneRuntime", "Condition", "ConditionType", "ExitCode", "FineTuneJob", "FineTuneJobSpec",
     "FineTuneJobStatus", "FineTuneRuntimeSpec", "ProgressEvent", "Reason", "SpecError", "TrainerResult",
     "apply_runtime", "derive_phase", "load_manifest", "parse_job", "parse_runtime", "parse_runtime_spec",

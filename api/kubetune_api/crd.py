@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from .job import GROUP, KIND, PLURAL, VERSION
 from .runtime import RUNTIME_KIND, RUNTIME_PLURAL, FineTuneRuntimeSpec
+from .schedule import SCHEDULE_KIND, SCHEDULE_PLURAL, FineTuneScheduleSpec, FineTuneScheduleStatus
 from .spec import FineTuneJobSpec
 from .status import FineTuneJobStatus
 
@@ -103,6 +104,21 @@ def _runtime_columns() -> list[dict[str, Any]]:
     ]
 
 
+def _schedule_columns() -> list[dict[str, Any]]:
+    return [
+        {"name": "Schedule", "type": "string", "jsonPath": ".spec.schedule"},
+        {"name": "Suspend", "type": "boolean", "jsonPath": ".spec.suspend"},
+        {"name": "Active", "type": "string", "jsonPath": ".status.active[*]", "priority": 1},
+        {"name": "Last Schedule", "type": "date", "jsonPath": ".status.lastScheduleTime"},
+        {"name": "Outcome", "type": "string", "jsonPath": ".status.lastOutcome",
+         "description": "What the last scheduled time did"},
+        {"name": "Last Passing", "type": "string", "jsonPath": ".status.lastPassingRun.name",
+         "description": "The newest job that succeeded and passed its gate"},
+        {"name": "Adapter", "type": "string", "jsonPath": ".status.latestAdapter", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+
+
 def build_crd(
     kind: str = KIND,
     plural: str = PLURAL,
@@ -161,6 +177,10 @@ def all_crds() -> dict[str, dict[str, Any]]:
         f"{GROUP}_{RUNTIME_PLURAL}.yaml": build_crd(
             kind=RUNTIME_KIND, plural=RUNTIME_PLURAL, spec_model=FineTuneRuntimeSpec, status_model=None,
             scope="Cluster", short_names=("ftrt",), columns=_runtime_columns(),
+        ),
+        f"{GROUP}_{SCHEDULE_PLURAL}.yaml": build_crd(
+            kind=SCHEDULE_KIND, plural=SCHEDULE_PLURAL, spec_model=FineTuneScheduleSpec,
+            status_model=FineTuneScheduleStatus, short_names=("ftsched",), columns=_schedule_columns(),
         ),
     }
 

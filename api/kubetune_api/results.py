@@ -63,6 +63,7 @@ class TrainerResult(ApiModel):
     reason: str = Field(description="Reason constant: Completed, AlreadyComplete, DataInvalid, ...")
     message: str = Field(default="", description="Human-readable detail; never contains secret values.")
     spec_hash: str | None = Field(default=None, description="Spec hash of the run.")
+    data_version: str | None = Field(default=None, description="Data version the run trained on (dataversion.py).")
     metrics: dict[str, float] = Field(default_factory=dict, description="Tuned-model metrics.")
     base_metrics: dict[str, float] = Field(default_factory=dict, description="Base-model metrics.")
     gate_passed: bool | None = Field(default=None, description="Result of evaluation.gate and regression; null when none.")
@@ -124,6 +125,7 @@ class Env:
     """Environment variables the operator sets on the trainer pod (and `kubetune run` sets locally)."""
 
     CONFIG = "KUBETUNE_CONFIG"  # path of the FineTuneJob manifest (YAML) to run; default /etc/kubetune/job.yaml
+    MANIFEST = "KUBETUNE_MANIFEST"  # the manifest itself (JSON), for a schedule's data-version probe pod
     TERMINATION_LOG = "KUBETUNE_TERMINATION_LOG"  # where the TrainerResult goes; default /dev/termination-log
     PROGRESS_URL = "KUBETUNE_PROGRESS_URL"  # operator endpoint for progress events; unset -> stdout only
     PROGRESS_TOKEN = "KUBETUNE_PROGRESS_TOKEN"  # bearer token valid for this job's progress only

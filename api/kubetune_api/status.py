@@ -65,6 +65,13 @@ class Reason:
     UNSUPPORTED_ADAPTER_FEATURE = "UnsupportedAdapterFeature"  # DoRA, trained bias, modules_to_save
     LOGGED = "Logged"  # the tracker has the run
     TRACKER_UNAVAILABLE = "TrackerUnavailable"  # the tracker failed; training went on without it
+    # FineTuneSchedule outcomes of a scheduled time (status.lastOutcome and its Events)
+    JOB_CREATED = "JobCreated"  # the data changed (or nothing trained yet): a job was created
+    DATA_UNCHANGED = "DataUnchanged"  # the data is what the last successful (or a running) job trained on
+    JOB_ALREADY_ACTIVE = "JobAlreadyActive"  # concurrencyPolicy Forbid and a job still runs: time skipped
+    JOB_REPLACED = "JobReplaced"  # concurrencyPolicy Replace: the running job was deleted for the new one
+    DATA_CHECK_FAILED = "DataCheckFailed"  # the probe could not list the data: time skipped, said why
+    HISTORY_PRUNED = "HistoryPruned"  # a finished job beyond the history limits was deleted
 
 
 Phase = Literal["Pending", "Running", "Unknown", "Suspended", "Succeeded", "Failed"]
@@ -98,7 +105,10 @@ class Progress(ApiModel):
 class Artifacts(ApiModel):
     """URIs of what the run wrote."""
 
-    root: str | None = Field(default=None, description="{output.uri}/{namespace}/{name}/{specHash}/")
+    root: str | None = Field(
+        default=None, description="{output.uri}/{namespace}/{name}/{specHash}/, or {specHash}-data-{dataVersion}/ "
+        "when that folder already holds a run on other data.",
+    )
     adapter: str | None = Field(default=None, description="PEFT adapter folder.")
     merged: str | None = Field(default=None, description="Merged model folder, when output.mergeAdapter is set.")
     report: str | None = Field(default=None, description="HTML report with the loss curve and base-vs-tuned table.")
@@ -113,6 +123,11 @@ class FineTuneJobStatus(ApiModel):
     phase: Phase | None = Field(default=None, description="Pending, Running, Unknown (the node running it stopped reporting), Suspended, Succeeded or Failed (derived).")
     observed_generation: int | None = Field(default=None, description="Last metadata.generation acted on.")
     spec_hash: str | None = Field(default=None, description="Hash of the spec fields that change the result.")
+    data_version: str | None = Field(
+        default=None, description="The data version this run trained on (or found already trained): a digest "
+        "of every data file's URI, size and ETag (sha256 for local files), set when the run succeeds. Changed "
+        "data at the same URIs trains again into {specHash}-data-{dataVersion}/ (docs/lineage.md).",
+    )
     run: int = Field(
         default=0, description="Runs started: 1 for the first spec, one more for each spec change that starts a "
         "new run. Run 1's pods are <name>-<attempt>, run n's <name>-r<n>-<attempt>."

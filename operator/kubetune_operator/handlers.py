@@ -10,13 +10,15 @@ from typing import Any
 
 import kopf
 
-from kubetune_api import GROUP, PLURAL, RUNTIME_PLURAL, VERSION, __version__
+from kubetune_api import GROUP, PLURAL, RUNTIME_PLURAL, SCHEDULE_PLURAL, VERSION, __version__
 
 from . import metrics, progress
 from .builders import JOB_LABEL
 from .kube import Kube
 from .leader import LeaderElection
 from .reconciler import Reconciler
+from .schedule_builders import SCHEDULE_LABEL
+from .schedule_reconciler import ScheduleReconciler
 from .settings import Settings, configure_kopf
 
 log = logging.getLogger(__name__)
@@ -37,12 +39,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     store = progress.ProgressStore(config.progress_interval)
     # With a Lease configured, this replica starts on standby and acts once it leads.
     reconciler = Reconciler(Kube.connect(), config, store, active=config.leader_lease is None)
-    memo.config, memo.reconciler = config, reconciler
+    schedules = ScheduleReconciler(reconciler.kube, config, active=reconciler.active)
+    memo.config, memo.reconciler, memo.schedules = config, reconciler, schedules
     memo.election = memo.election_task = None
     if config.leader_lease is not None:
         namespace, name = config.leader_lease
-        memo.election = LeaderElection(reconciler.kube, namespace, name, config.identity, reconciler.lead,
-                                       config.lease_seconds)
+        def lead(active: bool) -> None:
+            reconciler.lead(active)
+            schedules.lead(active)
+
+        memo.election = LeaderElection(reconciler.kube, namespace, name, config.identity, lead, config.lease_seconds)
         memo.election_task = asyncio.create_task(memo.election.run(), name="kubetune leader election")
     memo.progress_runner = None
     if config.progress_port:
@@ -66,6 +72,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         await asyncio.gather(memo.election_task, return_exceptions=True)
     if memo.get("reconciler") is not None:
         await memo.reconciler.stop()
+    if memo.get("schedules") is not None:
+        await memo.schedules.stop()
     if memo.get("election") is not None:
         await memo.election.release()  # after the reconciler stopped: the next leader may start at once
     if memo.get("reconciler") is not None:
@@ -74,12 +82,24 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def job_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.job_event(event.get("type"), copy.deepcopy(event["object"]))
+    obj = event["object"]
+    memo.reconciler.job_event(event.get("type"), copy.deepcopy(obj))
+    if SCHEDULE_LABEL in ((obj.get("metadata") or {}).get("labels") or {}):  # a job a schedule created
+        memo.schedules.child_event(event.get("type"), obj)
 
 
 @kopf.on.event("v1", "pods", labels={JOB_LABEL: kopf.PRESENT})
 async def pod_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    memo.reconciler.pod_event(event.get("type"), copy.deepcopy(event["object"]))
+    obj = event["object"]
+    if SCHEDULE_LABEL in ((obj.get("metadata") or {}).get("labels") or {}):  # a schedule's data probe
+        memo.schedules.child_event(event.get("type"), obj, probe=True)
+    else:
+        memo.reconciler.pod_event(event.get("type"), copy.deepcopy(obj))
+
+
+@kopf.on.event(GROUP, VERSION, SCHEDULE_PLURAL)
+async def schedule_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    memo.schedules.schedule_event(event.get("type"), copy.deepcopy(event["object"]))
 
 
 @kopf.on.event(GROUP, VERSION, RUNTIME_PLURAL)

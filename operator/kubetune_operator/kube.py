@@ -15,7 +15,7 @@ import aiohttp
 import kubernetes.client
 import kubernetes.config
 
-from kubetune_api import GROUP, PLURAL, VERSION
+from kubetune_api import GROUP, PLURAL, SCHEDULE_PLURAL, VERSION
 
 from .builders import JOB_LABEL
 
@@ -59,6 +59,11 @@ def _ssl_context(config: kubernetes.client.Configuration) -> ssl.SSLContext | bo
 
 def job_path(namespace: str, name: str = "", sub: str = "") -> str:
     path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{PLURAL}"
+    return path + (f"/{quote(name)}" if name else "") + (f"/{sub}" if sub else "")
+
+
+def schedule_path(namespace: str, name: str = "", sub: str = "") -> str:
+    path = f"/apis/{GROUP}/{VERSION}/namespaces/{quote(namespace)}/{SCHEDULE_PLURAL}"
     return path + (f"/{quote(name)}" if name else "") + (f"/{sub}" if sub else "")
 
 
@@ -132,6 +137,40 @@ class Kube:
         """A merge patch of the status subresource. Put metadata.resourceVersion in `patch` to make it
         conditional: the API server answers 409 when the job changed since it was read."""
         return await self.request("PATCH", job_path(namespace, name, "status"), patch, content_type=MERGE_PATCH)
+
+    # FineTuneSchedules and the jobs they create
+    async def get_schedule(self, namespace: str, name: str) -> dict | None:
+        return await self._get_or_none(schedule_path(namespace, name))
+
+    async def patch_schedule_status(self, namespace: str, name: str, patch: dict) -> dict:
+        """As patch_job_status, for a FineTuneSchedule."""
+        return await self.request("PATCH", schedule_path(namespace, name, "status"), patch, content_type=MERGE_PATCH)
+
+    async def list_jobs(self, namespace: str, selector: str) -> list[dict]:
+        """FineTuneJobs by label, from the API server's watch cache (resourceVersion 0): the plan that acts
+        on them only creates names derived from the scheduled time, so a slightly stale list is safe."""
+        reply = await self.request("GET", job_path(namespace), params={"labelSelector": selector,
+                                                                       "resourceVersion": "0"})
+        return reply.get("items") or []
+
+    async def create_job(self, job: dict) -> dict:
+        return await self.request("POST", job_path(job["metadata"]["namespace"]), job)
+
+    async def delete_job(self, namespace: str, name: str) -> bool:
+        """Deletes a FineTuneJob; its pods follow (garbage collection). False when it was already gone."""
+        try:
+            await self.request("DELETE", job_path(namespace, name),
+                               {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"})
+        except ApiError as err:
+            if err.not_found:
+                return False
+            raise
+        return True
+
+    async def list_pods_by(self, namespace: str, selector: str) -> list[dict]:
+        reply = await self.request("GET", core_path(namespace, "pods"),
+                                   params={"labelSelector": selector, "resourceVersion": "0"})
+        return reply.get("items") or []
 
     # Children
     async def list_pods(self, namespace: str, job_name: str, not_older_than: str = "0") -> list[dict]:

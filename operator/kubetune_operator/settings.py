@@ -150,7 +150,7 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
 
 
 class _QuietWatchHandlers(logging.Filter):
-    HANDLERS = ("job_event", "pod_event", "runtime_event")
+    HANDLERS = ("job_event", "pod_event", "runtime_event", "schedule_event")
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()

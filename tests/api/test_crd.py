@@ -9,15 +9,15 @@ import jsonschema
 import pytest
 import yaml
 
-from kubetune_api import load_manifest
+from kubetune_api import load_manifest, parse_schedule
 from kubetune_api.crd import CRD_DIR, all_crds, main, render
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
-def _schema() -> dict:
-    crd = all_crds()["kubetune.io_finetunejobs.yaml"]
+def _schema(name: str = "kubetune.io_finetunejobs.yaml") -> dict:
+    crd = all_crds()[name]
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
@@ -75,11 +75,17 @@ def test_crd_has_status_subresource_print_columns_and_short_name():
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
 def test_examples_are_valid_for_the_model_and_the_crd(example):
-    docs = [d for d in yaml.safe_load_all(example.read_text()) if d and d.get("kind") == "FineTuneJob"]
-    assert docs, f"{example} holds no FineTuneJob"
-    load_manifest(example)
-    for doc in docs:
+    docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
+    jobs = [d for d in docs if d.get("kind") == "FineTuneJob"]
+    schedules = [d for d in docs if d.get("kind") == "FineTuneSchedule"]
+    assert jobs or schedules, f"{example} holds no FineTuneJob or FineTuneSchedule"
+    if jobs:
+        load_manifest(example)
+    for doc in jobs:
         jsonschema.Draft4Validator(_schema()).validate(doc)
+    for doc in schedules:
+        parse_schedule(doc)
+        jsonschema.Draft4Validator(_schema("kubetune.io_finetuneschedules.yaml")).validate(doc)
 
 
 @pytest.mark.parametrize(

@@ -81,7 +81,7 @@ def test_crds_are_installed_verbatim_from_the_crds_folder(helm, rendered):
     # More replicas elect a leader through a Lease (a built-in kind): no other CRDs, no kopf peering.
     for name in ("default", "replicas"):
         assert {d["metadata"]["name"] for d in _kinds(rendered[name], "CustomResourceDefinition")} == {
-            "finetunejobs.kubetune.io", "clusterfinetuneruntimes.kubetune.io"}
+            "finetunejobs.kubetune.io", "clusterfinetuneruntimes.kubetune.io", "finetuneschedules.kubetune.io"}
 
 
 def _operator(docs: list[dict]) -> dict:
@@ -177,8 +177,11 @@ def _rules(doc: dict) -> dict[tuple[str, str, tuple[str, ...]], set[str]]:
 # posts); test_operator_k8s.py runs the operator on a real API server with this RBAC and no 403.
 NAMESPACED_RULES = {
     # kopf never patches a job: the operator has only on-event handlers and no finalizer (settings.py).
-    ("kubetune.io", "finetunejobs", ()): {"get", "list", "watch"},
+    # Schedules create their jobs and delete them beyond the history limits.
+    ("kubetune.io", "finetunejobs", ()): {"get", "list", "watch", "create", "delete"},
     ("kubetune.io", "finetunejobs/status", ()): {"patch"},
+    ("kubetune.io", "finetuneschedules", ()): {"get", "list", "watch"},
+    ("kubetune.io", "finetuneschedules/status", ()): {"patch"},
     ("", "pods", ()): {"create", "get", "list", "watch", "delete"},
     # Written blind (create, or merge-patch if it exists) and deleted after the TTL; never read.
     ("", "configmaps", ()): {"create", "patch", "delete"},

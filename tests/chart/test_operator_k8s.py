@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import sys
@@ -107,9 +108,16 @@ def operators(tmp_path) -> Iterator[list[ChartOperator]]:
 
 @pytest.fixture
 def scripts(node_agent) -> Iterator[dict[str, list]]:  # noqa: F811
-    """Trainer pods by name -> node agent script; a pod without one runs until deleted."""
+    """Trainer pods by name (or by a prefix ending in `*`, the longest wins) -> node agent script; a pod
+    without one runs until deleted."""
     table: dict[str, list] = {}
-    with node_agent.scripted(lambda pod: table.get(pod["metadata"]["name"], [{"phase": "Running"}])):
+
+    def script_for(pod: dict) -> list:
+        name = pod["metadata"]["name"]
+        prefixes = sorted((k for k in table if k.endswith("*") and name.startswith(k[:-1])), key=len)
+        return table.get(name) or (table[prefixes[-1]] if prefixes else [{"phase": "Running"}])
+
+    with node_agent.scripted(script_for):
         yield table
 
 
@@ -183,8 +191,27 @@ def test_the_operator_runs_with_only_the_chart_rbac(kube_cluster, helm, kube_nam
                    if e.get("reportingComponent") == "kubetune-operator"}
         assert {("demo", "PodCreated"), ("demo", "Completed"), ("bad", "InvalidSpec")} <= reasons
         assert get_job(cluster, ns, "gone") is None and op.alive()
+        schedule_with_chart_rbac(cluster, ns, scripts)
         assert "kubetune operator ready" in op.log()
     assert_no_denials(op)
+
+
+def schedule_with_chart_rbac(cluster, ns: str, scripts: dict[str, list]) -> None:
+    """A FineTuneSchedule every 2 s: its probe pod, the job it creates, the status, its Events and the
+    history limit's delete, all with the chart's RBAC."""
+    probe = {"ok": True, "reason": "Completed", "dataVersion": "v1"}
+    scripts["tick-probe-*"] = [{"terminate": {"exitCode": 0, "reason": "Completed", "message": json.dumps(probe)}}]
+    scripts["tick-*"] = succeed(0.5, dataVersion="v1", artifacts={"adapter": "s3://out/tick/adapter/"})
+    cluster.apply({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneSchedule", "metadata": {"name": "tick"},
+                   "spec": {"schedule": "* * * * * */2", "successfulJobsHistoryLimit": 0,
+                            "jobTemplate": {"spec": spec()}}}, namespace=ns)
+    path = f"/apis/kubetune.io/v1alpha1/namespaces/{ns}/finetuneschedules/tick"
+    status = wait_for(lambda: (s := (cluster.get(path) or {}).get("status") or {}).get("lastPassingRun")
+                      and s.get("lastOutcome") == "DataUnchanged" and s, 60, "a job, then unchanged data")
+    assert status["latestAdapter"] == "s3://out/tick/adapter/"
+    wait_for(lambda: get_job(cluster, ns, status["lastPassingRun"]["name"]) is None, 20, "the history limit")
+    reasons = {e["reason"] for e in events(cluster, ns, None) if e["involvedObject"].get("kind") == "FineTuneSchedule"}
+    assert {"JobCreated", "DataUnchanged", "HistoryPruned"} <= reasons
 
 
 def test_two_replicas_elect_one_leader_and_the_standby_takes_over(kube_cluster, helm, kube_namespace, scripts,  # noqa: F811

@@ -21,8 +21,10 @@ pytestmark = pytest.mark.k8s
 # (verb, resource, namespace or None for cluster scope, subresource): every request the operator makes
 # (operator/kubetune_operator/kube.py, plus kopf's watches and Event posts).
 OPERATOR_REQUESTS = [
-    *[(v, "finetunejobs.kubetune.io", "team-a", None) for v in ("get", "list", "watch")],
+    *[(v, "finetunejobs.kubetune.io", "team-a", None) for v in ("get", "list", "watch", "create", "delete")],
     ("patch", "finetunejobs.kubetune.io", "team-a", "status"),
+    *[(v, "finetuneschedules.kubetune.io", "team-a", None) for v in ("get", "list", "watch")],
+    ("patch", "finetuneschedules.kubetune.io", "team-a", "status"),
     *[(v, "pods", "team-a", None) for v in ("create", "get", "list", "watch", "delete")],
     *[(v, r, "team-a", None) for r in ("configmaps", "secrets") for v in ("create", "patch", "delete")],
     ("create", "events", "team-a", None),
@@ -35,9 +37,9 @@ ALWAYS_FORBIDDEN = [
     ("create", "deployments.apps", "team-a", None),
     ("create", "namespaces", None, None),
     ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),
-    ("create", "finetunejobs.kubetune.io", "team-a", None),
-    ("delete", "finetunejobs.kubetune.io", "team-a", None),
     ("patch", "finetunejobs.kubetune.io", "team-a", None),  # kopf keeps no bookkeeping on the jobs
+    ("patch", "finetuneschedules.kubetune.io", "team-a", None),
+    ("create", "finetuneschedules.kubetune.io", "team-a", None),
     ("update", "finetunejobs.kubetune.io", "team-a", "status"),
     ("get", "clusterfinetuneruntimes.kubetune.io", None, None),
     ("patch", "clusterfinetuneruntimes.kubetune.io", None, None),

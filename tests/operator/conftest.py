@@ -64,7 +64,8 @@ class OperatorProcess(LoggedProcess):
 def kubetune_crds(kube_cluster: LocalCluster) -> LocalCluster:  # noqa: F811
     kube_cluster.kubectl("apply", "-f", str(ROOT / "crds"))
     kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                         "crd/finetunejobs.kubetune.io", "crd/clusterfinetuneruntimes.kubetune.io")
+                         "crd/finetunejobs.kubetune.io", "crd/clusterfinetuneruntimes.kubetune.io",
+                         "crd/finetuneschedules.kubetune.io")
     return kube_cluster
 
 

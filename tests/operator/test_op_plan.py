@@ -110,6 +110,17 @@ def test_success_records_metrics_artifacts_and_gate():
     assert reasons(p).count(Reason.COMPLETED) == 1  # Succeeded=True and Running=False: one Event
 
 
+def test_the_data_version_and_folder_of_a_run_on_changed_data_reach_the_status():
+    body = started()
+    root = "s3://out/team-a/demo/h-data-0123456789abcdef/"
+    msg = result_message(metrics={"evalLoss": 1.2}, dataVersion="0123456789abcdef",
+                         artifacts={"root": root, "adapter": root + "adapter/"})
+    _, body = reconcile(body, [terminated(body, 1, 0, "Completed", msg, finished=40)], now=41)
+    st = body["status"]
+    assert st["dataVersion"] == "0123456789abcdef"
+    assert st["artifacts"]["root"] == root and st["artifacts"]["adapter"] == root + "adapter/"
+
+
 def test_failed_gate_is_a_successful_run_that_fails_evaluation():
     body = started()
     msg = result_message(metrics={"rougeL": 0.2}, gatePassed=False, gateMessage="rougeL 0.2 < 0.4")

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from kubetune_api.dataversion import data_version
+
 from .claims import OutputClaim
 from .handoff import check_serving, name_the_base
 from .lineage import lineage_document, resolved_revision
@@ -132,7 +134,7 @@ def config_document(recipe) -> dict:
 
 def data_manifest(recipe) -> dict:
     return {
-        "inputs": recipe.inputs, "schema": recipe.data_report.schema, "rowsRead": recipe.data_report.rows,
+        "inputs": recipe.inputs, "dataVersion": data_version(recipe.inputs), "schema": recipe.data_report.schema, "rowsRead": recipe.data_report.rows,
         "duplicatesRemoved": recipe.data_report.duplicates,
         "split": {"train": recipe.data_report.train, "eval": recipe.data_report.eval,
                   "evalSplit": recipe.spec.dataset.eval_split, "seed": recipe.spec.training.seed},

@@ -3,6 +3,7 @@
     kubetune run examples/smollm2-local.yaml    # a manifest, locally, with a progress bar and a summary
     kubetune train                             # in the trainer pod: the manifest at $KUBETUNE_CONFIG
     kubetune validate examples/smollm2-local.yaml  # check the spec and the data, load no weights
+    kubetune data-version [MANIFEST]           # the data version of its data (a schedule's probe pod)
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--config", default=None, help=f"manifest path (default ${Env.CONFIG} or {DEFAULT_CONFIG_PATH})")
     check = sub.add_parser("validate", help="check a manifest and its data without loading weights")
     check.add_argument("manifest")
+    probe = sub.add_parser("data-version", help="print the data version of a manifest's data (listing only)")
+    probe.add_argument("manifest", nargs="?", help=f"FineTuneJob YAML (default: the JSON in ${Env.MANIFEST})")
     args = parser.parse_args(argv)
+    if args.command == "data-version":
+        return _data_version(args.manifest)
     _quiet_libraries()
     if args.command == "run":
         return _run_local(Path(args.manifest), args.json)
@@ -40,6 +45,31 @@ def main(argv: list[str] | None = None) -> int:
         return launch(["--config", args.config] if args.config else [],
                       os.environ.get(Env.TERMINATION_LOG) or TERMINATION_LOG)
     return _train(args.config or os.environ.get(Env.CONFIG) or DEFAULT_CONFIG_PATH)
+
+
+def _data_version(path: str | None) -> int:
+    """A FineTuneSchedule's probe: list the data (no download, no torch), print the data version and write
+    it as the TrainerResult of the termination message. Failures are typed as the trainer's."""
+    import json
+
+    from kubetune_api.job import parse_job
+
+    from .dataversion import probe
+    from .runner import write_termination
+
+    # In the probe pod (no manifest path) the result goes to the termination message; locally only if asked.
+    termination = os.environ.get(Env.TERMINATION_LOG) or (None if path else TERMINATION_LOG)
+    try:
+        job = load_manifest(path) if path else parse_job(json.loads(os.environ.get(Env.MANIFEST) or "null"),
+                                                         Env.MANIFEST)
+    except (SpecError, OSError, ValueError) as err:
+        print(f"kubetune: {err}", file=sys.stderr)
+        write_termination(termination, TrainerResult(ok=False, reason=ExitCode.INVALID_CONFIG.reason, message=str(err)))
+        return ExitCode.INVALID_CONFIG
+    code, result = probe(job, Path(path).resolve().parent if path else None)
+    print(result.data_version or result.message, file=sys.stdout if result.ok else sys.stderr)
+    write_termination(termination, result)
+    return code
 
 
 def _load(path: Path, termination: str | None):

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from kubetune_api import __version__
+from kubetune_api.dataversion import data_version
 from kubetune_api.results import Env
 
 from .handoff import base_model_name
@@ -63,6 +64,7 @@ def lineage_document(recipe, weights: dict, revision: str | None) -> dict:
         "spec": spec.model_dump(mode="json", by_alias=True),  # defaults filled: what actually ran
         "artifactRoot": recipe.store.uri(),
         "inputs": recipe.inputs,  # per role: uri, size, etag (S3), sha256, rows, format
+        "dataVersion": data_version(recipe.inputs),  # what choose_root compares (dataversion.py)
         "baseModel": {"uri": spec.model.uri, "name": base_model_name(spec.model), "revision": revision,
                       "weights": weights},
         "trainer": {"version": __version__, "libraries": library_versions()},

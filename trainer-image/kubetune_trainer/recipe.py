@@ -21,6 +21,7 @@ from .artifacts import SUCCESS, store_once
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
 from .datafiles import Limits, check_stored_size
+from .dataversion import RunRoot
 from .distributed import ProcessGroup, balanced_shards, choose_sharding, device_bytes, weights_bytes
 from .errors import ConfigError
 from .evaluation import base_model_context, generate, mean_loss
@@ -69,7 +70,8 @@ class LoRARecipe:
 
     def __init__(self, job: FineTuneJob, *, manifest_dir: Path | None = None,
                  reporter: ProgressReporter | None = None, work_dir: str | None = None,
-                 levers: Levers | None = None, stop: GracefulStop | None = None, dist: ProcessGroup | None = None):
+                 levers: Levers | None = None, stop: GracefulStop | None = None, dist: ProcessGroup | None = None,
+                 root: RunRoot | None = None):
         self.job, self.spec = job, job.spec
         self.dist = dist or ProcessGroup.from_env()  # torchrun's rank and world size; one process without it
         self.reporter = reporter or ProgressReporter()
@@ -80,8 +82,10 @@ class LoRARecipe:
         if self.spec.method.type == "qlora":
             _require_bitsandbytes()
         self.storage = Storage(self.spec.storage.s3, manifest_dir)
-        self.store = ArtifactStore(job.artifact_root(), self.storage)
-        check_output(self.spec, self.storage, job.artifact_root())
+        # The run's folder by spec hash and data version (dataversion.py); the spec hash's own without one.
+        self.store = root.store if root else ArtifactStore(job.artifact_root(), self.storage)
+        self.data_version = root.data_version if root else None
+        check_output(self.spec, self.storage, self.store.root)
         if self.spec.model.trust_remote_code:
             warn("spec.model.trustRemoteCode is true: the model repository's own Python code runs in this process")
         self.work = Path(tempfile.mkdtemp(prefix="kubetune-", dir=work_dir))
@@ -373,13 +377,14 @@ class LoRARecipe:
         if artifacts is None:  # another run of the same spec stored first: keep what it stored
             from .runner import already_complete
 
-            return already_complete(self.job, self.store)
+            return already_complete(self.job, self.store, self.data_version)
         r = self.results
         message = "; ".join([summary(r), *(f"warning: {w}" for w in self.data_report.warnings)])
         return TrainerResult(
             ok=True, reason="Completed", message=message, spec_hash=self.job.spec_hash,
             metrics=r["tuned"], base_metrics=r["base"], gate_passed=r["gatePassed"],
-            gate_message=r["gateMessage"], artifacts=artifacts, **serving_fields(self.serving),
+            gate_message=r["gateMessage"], artifacts=artifacts, data_version=self.data_version,
+            **serving_fields(self.serving),
             # Every planned step ran: the operator's status shows it even if it missed the last reports.
             step=self.schedule.total_steps, total_steps=self.schedule.total_steps,
         )

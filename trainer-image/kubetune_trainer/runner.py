@@ -13,6 +13,7 @@ from kubetune_api.results import ExitCode, TrainerResult
 from kubetune_api.status import Reason
 
 from .artifacts import SUCCESS, artifact_uris, read_completed
+from .dataversion import choose_root
 from .distributed import ProcessGroup
 from .errors import TrainerError, classify
 from .handoff import serving_fields
@@ -44,13 +45,14 @@ def run_job(job: FineTuneJob, *, manifest_dir: Path | None = None, reporter: Pro
     finally:
         reporter.close("done" if code == ExitCode.OK else "failed")  # also flushes the tracker's steps
     if tracker is not None:
-        result = tracker.finish(result, _stored_lineage(job, manifest_dir) if result.ok else None)
+        result = tracker.finish(result, _stored_lineage(job, manifest_dir, result) if result.ok else None)
     return code, result
 
 
-def _stored_lineage(job: FineTuneJob, manifest_dir: Path | None) -> dict | None:
+def _stored_lineage(job: FineTuneJob, manifest_dir: Path | None, result: TrainerResult) -> dict | None:
     try:
-        store = ArtifactStore(job.artifact_root(), Storage(job.spec.storage.s3, manifest_dir))
+        root = result.artifacts.get("root") or job.artifact_root()
+        store = ArtifactStore(root, Storage(job.spec.storage.s3, manifest_dir))
         return json.loads(store.read_text("lineage.json"))
     except (OSError, ValueError, TrainerError):  # runs stored before lineage.json existed
         return None
@@ -60,10 +62,15 @@ def _run(job: FineTuneJob, manifest_dir: Path | None, reporter: ProgressReporter
          work_dir: str | None, stop: GracefulStop | None, dist: ProcessGroup | None) -> TrainerResult:
     from .recipe import LoRARecipe
 
-    store = ArtifactStore(job.artifact_root(), Storage(job.spec.storage.s3, manifest_dir))
-    if store.exists(SUCCESS):
-        return already_complete(job, store)
-    recipe = LoRARecipe(job, manifest_dir=manifest_dir, reporter=reporter, work_dir=work_dir, stop=stop, dist=dist)
+    # Listing the data (no download) names its version; a finished run on this data is not trained again.
+    root = choose_root(job, Storage(job.spec.storage.s3, manifest_dir))
+    if root.complete:
+        return already_complete(job, root.store, root.data_version)
+    if root.versioned:
+        print(f"kubetune: the data changed since the run at {job.artifact_root()}: training data version "
+              f"{root.data_version} into {root.store.uri()}", file=sys.stderr)
+    recipe = LoRARecipe(job, manifest_dir=manifest_dir, reporter=reporter, work_dir=work_dir, stop=stop, dist=dist,
+                        root=root)
     try:
         recipe.setup()
         recipe.train()
@@ -73,16 +80,17 @@ def _run(job: FineTuneJob, manifest_dir: Path | None, reporter: ProgressReporter
         recipe.cleanup()
 
 
-def already_complete(job: FineTuneJob, store: ArtifactStore) -> TrainerResult:
+def already_complete(job: FineTuneJob, store: ArtifactStore, data_version: str | None = None) -> TrainerResult:
     try:
         stored = read_completed(store)
     except TrainerError:
         stored = {}
-    print(f"kubetune: {store.uri(SUCCESS)} exists: this spec hash is already trained; not retraining",
+    data = f" and data version {data_version}" if data_version else ""
+    print(f"kubetune: {store.uri(SUCCESS)} exists: this spec hash{data} is already trained; not retraining",
           file=sys.stderr)
     return TrainerResult(
-        ok=True, reason=Reason.ALREADY_COMPLETE, spec_hash=job.spec_hash,
-        message=f"already complete: artefacts for spec hash {job.spec_hash} exist at {store.uri()}",
+        ok=True, reason=Reason.ALREADY_COMPLETE, spec_hash=job.spec_hash, data_version=data_version,
+        message=f"already complete: artefacts for spec hash {job.spec_hash}{data} exist at {store.uri()}",
         metrics=stored.get("tuned", {}), base_metrics=stored.get("base", {}),
         gate_passed=stored.get("gatePassed"), gate_message=stored.get("gateMessage"),
         artifacts=artifact_uris(store, job.spec.output.merge_adapter),

@@ -94,6 +94,10 @@ class MlflowTracker:
         metrics += [Metric(f"base.{k}", v, now, 0) for k, v in result.base_metrics.items()]
         tags = {"kubetune.reason": result.reason, "kubetune.message": result.message[:MAX_TAG]}
         tags |= {f"kubetune.artifact.{k}": v for k, v in result.artifacts.items()}
+        if result.artifacts.get("root"):  # {specHash}-data-{version}/ when the data changed (dataversion.py)
+            tags["kubetune.artifactRoot"] = result.artifacts["root"]
+        if result.data_version:
+            tags["kubetune.dataVersion"] = result.data_version
         if result.gate_passed is not None:
             tags["kubetune.gatePassed"] = str(result.gate_passed).lower()
         if lineage:
