@@ -63,8 +63,8 @@ class Verdict:
 
     @property
     def fits(self) -> bool | None:
-        """True or False against a known GPU memory; None when it is unknown (or the job trains on CPU)."""
-        if self.capacity is None or not self.workload.accelerator:
+        """True or False against a known memory; None when it is unknown (a CPU job's, or no gpuProduct)."""
+        if self.capacity is None:
             return None
         return self.estimate.total <= self.capacity
 
@@ -74,7 +74,7 @@ class Verdict:
         peak = f"estimated peak {gib(self.estimate.total)} GiB per GPU ({parts})"
         if self.fits is None:
             return peak + ("; the GPU's memory is unknown (spec.resources.gpuProduct unset or not in the "
-                           "operator's GPU table)" if self.workload.accelerator else "; trains on CPU")
+                           "GPU table)" if self.workload.accelerator else "; trains on CPU, no GPU memory to fit")
         if self.fits:
             return f"{peak} fits the GPU's {gib(self.capacity)} GiB"
         advice = "; ".join(f"{o.change} ({gib(o.estimate.total)} GiB)" for o in self.options)
@@ -88,7 +88,10 @@ def gib(n: int | None) -> str:
 
 def check_fit(shape: ModelShape, spec: Any, capacity: int | None, answer_fraction: float = 1.0) -> Verdict:
     """The estimate of a FineTuneJobSpec on GPUs of `capacity` bytes, with options when it does not fit."""
-    work = resolve_sharding(shape, Workload.from_spec(spec, answer_fraction), capacity)
+    return verdict_of(shape, resolve_sharding(shape, Workload.from_spec(spec, answer_fraction), capacity), capacity)
+
+
+def verdict_of(shape: ModelShape, work: Workload, capacity: int | None) -> Verdict:
     verdict = Verdict(estimate(shape, work), capacity, work)
     if verdict.fits is False:
         verdict = replace(verdict, options=options(shape, work, capacity or 0))
@@ -96,35 +99,38 @@ def check_fit(shape: ModelShape, spec: Any, capacity: int | None, answer_fractio
 
 
 def options(shape: ModelShape, work: Workload, capacity: int) -> list[Option]:
-    """One change at a time that brings the peak under `capacity`, cheapest in quality or GPUs first."""
-    found: list[Option] = []
+    """Changes that bring the peak under `capacity`: each lever (gradient checkpointing, QLoRA, more GPUs
+    with FSDP) alone or with QLoRA, at the largest batch size that then fits; simplest first, and no option
+    that only adds changes to one already listed."""
 
     def fits(w: Workload) -> Estimate | None:
         est = estimate(shape, w)
         return est if est.total <= capacity else None
 
-    if not work.gradient_checkpointing and (est := fits(replace(work, gradient_checkpointing=True))):
-        found.append(Option("training.gradientCheckpointing: true", est))
-    batch = work.batch_size // 2
-    while batch >= 1:
-        if est := fits(replace(work, batch_size=batch)):
-            factor = work.batch_size // batch
-            found.append(Option(f"training.batchSize: {batch} (with gradientAccumulation x{factor} for the "
-                                "same step)", est))
-            break
-        batch //= 2
-    if work.method == "lora" and (est := fits(replace(work, method="qlora", sharding="ddp"))):
-        found.append(Option("method.type: qlora", est))
+    checkpointing = "training.gradientCheckpointing: true"
+    levers: list[tuple[list[str], Workload]] = [([], work)]
+    if not work.gradient_checkpointing:
+        levers.append(([checkpointing], replace(work, gradient_checkpointing=True)))
     if work.method == "lora":
-        for size in (s for s in FSDP_SIZES if s > work.world_size):
-            if est := fits(replace(work, world_size=size, sharding="fsdp")):
-                found.append(Option(f"resources.gpus: {size} with training.sharding: fsdp", est))
-                break
-    if not found:
-        best = replace(work, gradient_checkpointing=True, batch_size=1,
-                       **({"method": "qlora", "sharding": "ddp"} if work.method == "lora" else {}))
-        if est := fits(best):
-            changes = ["training.gradientCheckpointing: true", "training.batchSize: 1"]
-            changes += ["method.type: qlora"] if work.method == "lora" else []
-            found.append(Option(" and ".join(changes), est))
-    return found
+        qlora = replace(work, method="qlora", sharding="ddp")
+        levers.append((["method.type: qlora"], qlora))
+        if not work.gradient_checkpointing:
+            levers.append((["method.type: qlora", checkpointing], replace(qlora, gradient_checkpointing=True)))
+        size = next((s for s in FSDP_SIZES if s > work.world_size
+                     and fits(replace(work, world_size=s, sharding="fsdp", batch_size=1))), None)
+        if size:
+            levers.append(([f"resources.gpus: {size}", "training.sharding: fsdp"],
+                           replace(work, world_size=size, sharding="fsdp")))
+    found: list[tuple[set[str], Option]] = []
+    for changes, lever in levers:
+        batch = work.batch_size
+        while batch >= 1 and not fits(replace(lever, batch_size=batch)):
+            batch //= 2
+        if batch < 1:
+            continue
+        if batch < work.batch_size:
+            changes = [*changes, f"training.batchSize: {batch} (gradientAccumulation x{work.batch_size // batch} "
+                                 "keeps the examples per step)"]
+        if changes and not any(seen <= set(changes) for seen, _ in found):
+            found.append((set(changes), Option(" and ".join(changes), estimate(shape, replace(lever, batch_size=batch)))))
+    return [option for _, option in found]

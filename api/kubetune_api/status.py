@@ -22,6 +22,7 @@ class ConditionType:
     EVALUATION_PASSED = "EvaluationPassed"
     SERVING_COMPATIBLE = "ServingCompatible"  # vLLM/SGLang serve the adapter as trained (docs/serving.md)
     TRACKED = "Tracked"  # the run reached the experiment tracker (spec.tracking)
+    FITS = "Fits"  # the estimated peak GPU memory fits the GPU (docs/memory.md)
 
 
 class Reason:
@@ -65,6 +66,9 @@ class Reason:
     UNSUPPORTED_ADAPTER_FEATURE = "UnsupportedAdapterFeature"  # DoRA, trained bias, modules_to_save
     LOGGED = "Logged"  # the tracker has the run
     TRACKER_UNAVAILABLE = "TrackerUnavailable"  # the tracker failed; training went on without it
+    FITS_GPU_MEMORY = "FitsGPUMemory"  # the estimate is within the GPU's memory
+    INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"  # it is not: refused before any pod (or weights) start
+    GPU_MEMORY_UNKNOWN = "GPUMemoryUnknown"  # no gpuProduct, or one the GPU table does not list
 
 
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]

@@ -3,6 +3,7 @@
     kubetune run examples/smollm2-local.yaml    # a manifest, locally, with a progress bar and a summary
     kubetune train                             # in the trainer pod: the manifest at $KUBETUNE_CONFIG
     kubetune validate examples/smollm2-local.yaml  # check the spec and the data, load no weights
+    kubetune estimate examples/smollm2-local.yaml  # peak GPU memory per component, and what would make it fit
 """
 
 from __future__ import annotations
@@ -28,12 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--config", default=None, help=f"manifest path (default ${Env.CONFIG} or {DEFAULT_CONFIG_PATH})")
     check = sub.add_parser("validate", help="check a manifest and its data without loading weights")
     check.add_argument("manifest")
+    est = sub.add_parser("estimate", help="estimate peak GPU memory per component and what would make it fit "
+                                          "(reads the model's config.json, or spec.model.shape; no weights)")
+    est.add_argument("manifest")
+    est.add_argument("--gpu-product", help="a nvidia.com/gpu.product value (default: spec.resources.gpuProduct)")
+    est.add_argument("--gpu-memory", type=float, metavar="GIB", help="one GPU's memory in GiB (overrides the table)")
+    est.add_argument("--answer-fraction", type=float, default=1.0, metavar="F",
+                     help="share of a pass's tokens that are answer tokens (default 1.0, the worst case)")
     args = parser.parse_args(argv)
     _quiet_libraries()
     if args.command == "run":
         return _run_local(Path(args.manifest), args.json)
     if args.command == "validate":
         return _validate(Path(args.manifest))
+    if args.command == "estimate":
+        return _estimate(args)
     from .launch import launch, wanted
 
     if wanted():  # several GPUs: become torchrun's agent, one `kubetune train` worker per GPU
@@ -128,6 +138,26 @@ def _validate(path: Path) -> int:
     r = recipe.data_report
     print(f"{path}: valid; {r.rows} rows ({r.schema}), {r.duplicates} duplicates, {r.train} train / {r.eval} eval")
     return 0
+
+
+def _estimate(args) -> int:
+    """Exit 0 when the job fits or the GPU's memory is unknown, InsufficientGPUMemory's code when it does not."""
+    from .errors import TrainerError
+    from .fitcheck import print_estimate
+
+    path = Path(args.manifest)
+    job = _load(path, None)
+    if job is None:
+        return ExitCode.INVALID_CONFIG
+    if not 0 < args.answer_fraction <= 1:
+        print(f"kubetune: --answer-fraction {args.answer_fraction} must be in (0, 1]", file=sys.stderr)
+        return ExitCode.INVALID_CONFIG
+    try:
+        verdict = print_estimate(job, path.resolve().parent, args.gpu_product, args.gpu_memory, args.answer_fraction)
+    except TrainerError as err:
+        print(f"kubetune: {err.code.reason}: {err.message}", file=sys.stderr)
+        return int(err.code)
+    return int(ExitCode.INSUFFICIENT_GPU_MEMORY) if verdict.fits is False else 0
 
 
 def _skip_unused_libraries(job: FineTuneJob) -> None:

@@ -16,7 +16,7 @@ from kubetune_api.job import FineTuneJob
 from kubetune_api.results import Env, TrainerResult
 
 from . import data as datamod
-from . import preflight
+from . import fitcheck, preflight
 from .artifacts import SUCCESS, write_artifacts
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
@@ -109,6 +109,8 @@ class LoRARecipe:
         import_training_libraries()
         with self.dist.writer_first():
             self.model_path = fetch.result() if fetch else fetch_model(self.spec.model, self.storage)
+        # a job that cannot fit this GPU fails here, from config.json, before any weights load
+        fitcheck.preflight(self.spec, self.model_path, self.device, self.dtype.itemsize)
         self.weights = Background(weights_digest, self.model_path)  # for lineage.json, while training runs
         self._setup_model()
         self._setup_adapter()
