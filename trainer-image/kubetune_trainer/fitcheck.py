@@ -14,7 +14,7 @@ from kubetune_api.fit import Verdict, check_fit, gib, gpu_memory_bytes, verdict_
 from kubetune_api.memory import GIB, ModelShape, Workload, resolve_sharding
 from kubetune_api.results import Env, ExitCode
 
-from .errors import ConfigError, TrainerError
+from .errors import ConfigError, NotFound, TrainerError
 from .storage import ArtifactStore, Storage
 
 
@@ -69,6 +69,14 @@ def preflight(spec, model_path: Path, device: str, dtype_bytes: int) -> Verdict 
 
 def read_config(spec, storage: Storage) -> dict:
     """A model's config.json without downloading its weights (`kubetune estimate`)."""
+    try:
+        return _read_config(spec, storage)
+    except (OSError, ValueError) as err:
+        raise NotFound(f"model uri {spec.uri!r}: cannot read its config.json ({err}); give the shape in "
+                       "spec.model.shape instead") from None
+
+
+def _read_config(spec, storage: Storage) -> dict:
     uri = spec.uri
     if uri.startswith("bundled://"):
         from .bundled import bundled_model
