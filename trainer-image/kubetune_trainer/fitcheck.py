@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kubetune_api.fit import Verdict, check_fit, gib, gpu_memory_bytes, verdict_of
-from kubetune_api.memory import GIB, ModelShape, Workload, resolve_sharding
+from kubetune_api.memory import GIB, ModelShape, Workload
 from kubetune_api.results import Env, ExitCode
 
 from .errors import ConfigError, NotFound, TrainerError
@@ -52,15 +52,16 @@ def device_memory(device: str) -> int | None:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
 
 
-def preflight(spec, model_path: Path, device: str, dtype_bytes: int) -> Verdict | None:
+def preflight(spec, model_path: Path, device: str, dtype_bytes: int, sharding: str = "ddp",
+              world_size: int = 1) -> Verdict | None:
     """Raise InsufficientGPUMemory when the job cannot fit this device; the verdict otherwise (None on CPU)."""
     capacity = device_memory(device)
     if capacity is None:
         return None
     shape = shape_of(model_path)
-    work = resolve_sharding(shape, Workload.from_spec(spec), capacity)
-    # as this process really runs: its device and its precision (auto resolved), not the spec's guess
-    work = replace(work, accelerator=device == "cuda", precision="fp32" if dtype_bytes == 4 else "bf16")
+    # as this process really runs: its device, precision and sharding (auto resolved), not the spec's guess
+    work = replace(Workload.from_spec(spec), accelerator=device == "cuda", sharding=sharding, world_size=world_size,
+                   precision="fp32" if dtype_bytes == 4 else "bf16")
     verdict = verdict_of(shape, work, capacity)
     if verdict.fits is False:
         raise InsufficientGPUMemory(f"{verdict.message} (from the model's config.json; docs/memory.md)")

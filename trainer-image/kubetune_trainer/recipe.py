@@ -109,8 +109,6 @@ class LoRARecipe:
         import_training_libraries()
         with self.dist.writer_first():
             self.model_path = fetch.result() if fetch else fetch_model(self.spec.model, self.storage)
-        # a job that cannot fit this GPU fails here, from config.json, before any weights load
-        fitcheck.preflight(self.spec, self.model_path, self.device, self.dtype.itemsize)
         self.weights = Background(weights_digest, self.model_path)  # for lineage.json, while training runs
         self._setup_model()
         self._setup_adapter()
@@ -179,6 +177,9 @@ class LoRARecipe:
             warn(message)
         self.sharding = choose_sharding(spec.training.sharding, spec.method.type, self.device,
                                         weights_bytes(self.model_path), device_bytes(self.device))
+        # a job that cannot fit this GPU fails here, from config.json, before any weights load
+        fitcheck.preflight(spec, self.model_path, self.device, self.dtype.itemsize, self.sharding,
+                           self.dist.world_size)
         # Under FSDP the base loads into host memory and fully_shard moves each rank's shard to its GPU.
         on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.dist.device_name(self.device)
         self.model = load_model(self.model_path, spec.method, on, self.dtype, spec.model.trust_remote_code,
