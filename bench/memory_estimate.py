@@ -6,10 +6,13 @@ Each shape is measured in a fresh process: a random-init Llama of that shape in 
 precision), the trainer's own `attach_adapter` (PEFT LoRA, or bitsandbytes 4-bit + PEFT for QLoRA, with
 gradient checkpointing when asked), AdamW over the adapter, and two optimizer steps of the trainer's loss
 (`answer_loss`: logits only at answer positions) on one pass of `batch x seq` random tokens, every token an
-answer (answer_fraction 1.0, the worst case the estimate assumes). Measured: the process's peak resident
-memory (ru_maxrss) minus its resident memory just before the model is built, i.e. everything the model and
-the training steps added: the CPU's counterpart of torch.cuda.max_memory_allocated. The estimate is the
-`allocated` figure (no CUDA context on CPU) of the same shape and settings with precision fp32.
+answer (answer_fraction 1.0, the worst case the estimate assumes). Measured: the kernel's high-water mark
+of the process's resident memory (VmHWM, restarted with /proc/self/clear_refs once the model is loaded and
+adapted, so the load's transients do not count) minus its resident memory just before the model was built:
+the weights that stay resident plus the peak of the training steps, the CPU's counterpart of
+torch.cuda.max_memory_allocated. glibc's mmap threshold is fixed at 64 KiB so that freed tensors leave
+resident memory at once. The estimate is the `allocated` figure (no CUDA context on CPU) of the same shape
+and settings with precision fp32.
 
 The published figures are torchtune's README table for Llama 3.1 8B on one RTX 4090 (batch 2, packed to
 2048 tokens, activation checkpointing, torch.compile): LoRA 16.2 GiB, QLoRA 7.4 GiB peak per GPU; they are
@@ -74,14 +77,27 @@ def _rss_now() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _reset_peak() -> None:
+    """Start the kernel's high-water mark of resident memory (VmHWM) again from the current resident size."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def measure_here(shape: ModelShape, work: Workload, steps: int = 2) -> int:
     """Peak bytes the model and `steps` training steps add to this process (see the module docstring)."""
+    import tempfile
+
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from kubetune_api.spec import MethodSpec
     from kubetune_trainer.loss import answer_loss
-    from kubetune_trainer.models import attach_adapter
+    from kubetune_trainer.models import attach_adapter, load_model
 
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
@@ -94,10 +110,17 @@ def measure_here(shape: ModelShape, work: Workload, steps: int = 2) -> int:
     ids = torch.randint(0, shape.vocab, (work.batch_size, work.seq_len))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
              "targets": torch.cat([ids[:, 1:], torch.full((work.batch_size, 1), 5)], dim=1)}
-    base = _rss_now()
-    model = _load_4bit(config, method) if work.method == "qlora" else LlamaForCausalLM(config)
+    with tempfile.TemporaryDirectory() as folder:
+        if work.method == "qlora":  # the trainer's QLoRA load (models.load_model) of a saved random model
+            LlamaForCausalLM(config).save_pretrained(folder)
+        base = _rss_now()
+        if work.method == "qlora":
+            model = load_model(folder, method, "cpu", torch.float32)
+        else:
+            model = LlamaForCausalLM(config)
     model = attach_adapter(model, method, work.gradient_checkpointing)
     model.train()
+    _reset_peak()  # from here: training; what loading left resident (the weights) is counted, its transients not
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     for _ in range(steps):
         loss, tokens = answer_loss(model, batch)
@@ -105,21 +128,7 @@ def measure_here(shape: ModelShape, work: Workload, steps: int = 2) -> int:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-
-
-def _load_4bit(config, method):
-    """The trainer's QLoRA load (models.load_model) of a random model: saved, then loaded in 4 bits."""
-    import tempfile
-
-    import torch
-    from transformers import LlamaForCausalLM
-
-    from kubetune_trainer.models import load_model
-
-    with tempfile.TemporaryDirectory() as folder:
-        LlamaForCausalLM(config).save_pretrained(folder)
-        return load_model(folder, method, "cpu", torch.float32)
+    return _peak() - base
 
 
 def measure(case: Case) -> int:
