@@ -183,14 +183,17 @@ class Estimate:
         return {k: round(v / GIB, 2) for k, v in self.components.items()}
 
 
+def adapted(work: Workload) -> set[str]:
+    """The block's linear layers LoRA adapts. A target name outside a Llama-type block counts as all-linear
+    (the largest adapter the estimate can know of)."""
+    targets = set(work.targets)
+    return targets if targets <= set(BLOCK_LINEARS) else set(BLOCK_LINEARS)
+
+
 def adapter_params(shape: ModelShape, work: Workload) -> int:
-    """Trainable LoRA weights: r x (in + out) per adapted linear layer. Names outside a Llama-type block
-    are counted as all-linear (the largest adapter the estimate can know of)."""
+    """Trainable LoRA weights: r x (in + out) per adapted linear layer."""
     linears = shape.linears()
-    names = [t for t in work.targets if t in linears]
-    if len(names) != len(work.targets):
-        names = list(BLOCK_LINEARS)
-    return shape.layers * sum(work.rank * sum(linears[n]) for n in names)
+    return shape.layers * sum(work.rank * sum(linears[n]) for n in adapted(work))
 
 
 def weight_bytes(shape: ModelShape, work: Workload, stack: Stack = KUBETUNE) -> int:
@@ -210,7 +213,7 @@ def weight_bytes(shape: ModelShape, work: Workload, stack: Stack = KUBETUNE) -> 
 def _layer_activation_bytes(shape: ModelShape, work: Workload) -> float:
     """Bytes a decoder block keeps per token for its backward pass (no checkpointing)."""
     e, h, i = PRECISION_BYTES[work.precision], shape.hidden, shape.intermediate
-    adapted = set(work.targets) & set(BLOCK_LINEARS) if set(work.targets) <= set(BLOCK_LINEARS) else set(BLOCK_LINEARS)
+    layers = adapted(work)
     norms = 2 * 4 * h  # RMSNorm upcasts its input to fp32 and keeps it
     attention = e * (2 * shape.q_dim + 2 * shape.q_dim)  # q, k and v repeated to every head, the output
     mlp = 3 * e * i  # gate output (SiLU input), SiLU output and up output (the product's inputs)
@@ -218,14 +221,14 @@ def _layer_activation_bytes(shape: ModelShape, work: Workload) -> float:
     inputs = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": shape.q_dim, "gate_proj": h, "up_proj": h,
               "down_proj": i}
     mask = 1 if work.accelerator else e  # CUDA's dropout keeps a bool mask, the CPU's one of the input's dtype
-    for name in adapted:
+    for name in layers:
         # dropout keeps its mask and lora_A keeps the dropped-out input; without dropout lora_A keeps the
         # layer input itself, which one tensor per input serves (q, k, v share it; gate and up too)
         lora += (mask + e) * inputs[name] if work.dropout else 0
     if not work.dropout:
         shared = {("q_proj", "k_proj", "v_proj"): h, ("o_proj",): shape.q_dim, ("gate_proj", "up_proj"): h,
                   ("down_proj",): i}
-        lora += sum(e * width for names, width in shared.items() if adapted & set(names))
+        lora += sum(e * width for names, width in shared.items() if layers & set(names))
     return norms + attention + mlp + lora
 
 

@@ -31,4 +31,5 @@ def fit_of(job: FineTuneJob, gpu_memory: dict[str, float] | None = None) -> Fit 
     if verdict.fits:
         return Fit("True", Reason.FITS_GPU_MEMORY, verdict.message)
     return Fit("False", Reason.INSUFFICIENT_GPU_MEMORY,
-               f"{spec.resources.gpu_product}: {verdict.message}; set spec.model.shape to correct the estimate")
+               f"{spec.resources.gpu_product}: {verdict.message} (shape from spec.model.shape or the runtime's "
+               "modelShape; docs/memory.md)")
