@@ -126,6 +126,7 @@ class Workload:
     sharding: Literal["auto", "ddp", "fsdp"] = "auto"  # auto counts as ddp until `resolve_sharding`
     answer_fraction: float = 1.0
     pass_fraction: float | None = 0.5  # the trainer's Levers.pass_tokens; None: the whole micro-batch
+    packing: bool = False  # training.packing: a pass fills its token budget exactly, not in whole rows
     accelerator: bool = True  # False: training on CPU, no CUDA context
 
     @classmethod
@@ -140,14 +141,17 @@ class Workload:
                    targets=targets, dropout=lora.dropout > 0, batch_size=t.batch_size,
                    seq_len=spec.dataset.max_seq_length, gradient_checkpointing=t.gradient_checkpointing,
                    precision=precision, world_size=max(1, gpus),
-                   sharding=t.sharding, answer_fraction=answer_fraction,
+                   sharding=t.sharding, answer_fraction=answer_fraction, packing=t.packing,
                    accelerator=gpus > 0)
 
     def pass_tokens(self) -> int:
         """Tokens of the largest forward pass: the trainer's pass budget (batching.passes), whole examples."""
         if self.pass_fraction is None:
             return self.batch_size * self.seq_len
-        rows = max(1, int(self.pass_fraction * self.batch_size * self.seq_len) // self.seq_len)
+        budget = max(self.seq_len, int(self.pass_fraction * self.batch_size * self.seq_len))
+        if self.packing:
+            return min(budget, self.batch_size * self.seq_len)
+        rows = budget // self.seq_len
         return min(rows, self.batch_size) * self.seq_len
 
 

@@ -71,6 +71,9 @@ def test_the_trainers_pass_budget_bounds_what_one_pass_holds():
     assert Workload(batch_size=8, seq_len=1024).pass_tokens() == 4 * 1024
     assert Workload(batch_size=1, seq_len=1024).pass_tokens() == 1024
     assert Workload(batch_size=8, seq_len=1024, pass_fraction=None).pass_tokens() == 8 * 1024
+    # rows padded to the longest example fit the budget in whole rows; packed rows fill it
+    assert Workload(batch_size=3, seq_len=1000).pass_tokens() == 1000
+    assert Workload(batch_size=3, seq_len=1000, packing=True).pass_tokens() == 1500
 
 
 def test_a_job_too_big_for_its_gpu_is_refused_with_the_numbers_and_options_that_fit():
