@@ -91,3 +91,20 @@ def test_kubetune_estimate_reads_the_models_config_json(tmp_path, tiny_model):
     proc = run_cli(["estimate", str(_job(tmp_path, tiny_model)), "--gpu-memory", "1"], timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(2 layers, hidden 64)" in proc.stdout and "GPU memory: 1.0 GiB (given): fits" in proc.stdout
+
+
+def test_kubetune_estimate_uses_the_shape_and_defaults_of_the_named_runtime(tmp_path):
+    runtime = {"apiVersion": "kubetune.io/v1alpha1", "kind": "ClusterFineTuneRuntime",
+               "metadata": {"name": "llama-8b"},
+               "spec": {"modelShape": LLAMA_8B, "method": {"type": "qlora"},
+                        "training": {"batchSize": 2, "gradientCheckpointing": True},
+                        "resources": {"gpus": 1, "gpuProduct": "NVIDIA-L4"}}}
+    job = manifest({"model": {"uri": "s3://models/llama-3.1-8b/"}, "runtimeRef": "llama-8b",
+                    "dataset": {"train": {"uri": "s3://data/train.jsonl"}, "maxSeqLength": 2048},
+                    "output": {"uri": "s3://out/"}}, name="small")
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump_all([runtime, job]))
+    proc = run_cli(["estimate", str(path)], timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "small: qlora r=16 on 8.03B parameters" in proc.stdout and "gradient checkpointing on" in proc.stdout
+    assert "(NVIDIA-L4): fits" in proc.stdout

@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     est.add_argument("manifest")
     est.add_argument("--gpu-product", help="a nvidia.com/gpu.product value (default: spec.resources.gpuProduct)")
     est.add_argument("--gpu-memory", type=float, metavar="GIB", help="one GPU's memory in GiB (overrides the table)")
+    est.add_argument("--runtime", metavar="FILE", help="a ClusterFineTuneRuntime manifest for spec.runtimeRef (default: "
+                                                       "one of that name in the job's own file)")
     est.add_argument("--answer-fraction", type=float, default=1.0, metavar="F",
                      help="share of a pass's tokens that are answer tokens (default 1.0, the worst case)")
     args = parser.parse_args(argv)
@@ -143,12 +145,18 @@ def _validate(path: Path) -> int:
 def _estimate(args) -> int:
     """Exit 0 when the job fits or the GPU's memory is unknown, InsufficientGPUMemory's code when it does not."""
     from .errors import TrainerError
-    from .fitcheck import print_estimate
+    from .fitcheck import print_estimate, with_runtime
 
     path = Path(args.manifest)
     job = _load(path, None)
     if job is None:
         return ExitCode.INVALID_CONFIG
+    if job.spec.runtime_ref:
+        try:
+            job = with_runtime(path, job, Path(args.runtime) if args.runtime else path)
+        except (SpecError, OSError) as err:
+            print(f"kubetune: {err}", file=sys.stderr)
+            return ExitCode.INVALID_CONFIG
     if not 0 < args.answer_fraction <= 1:
         print(f"kubetune: --answer-fraction {args.answer_fraction} must be in (0, 1]", file=sys.stderr)
         return ExitCode.INVALID_CONFIG

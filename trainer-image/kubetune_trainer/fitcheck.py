@@ -92,6 +92,26 @@ def _read_config(spec, storage: Storage) -> dict:
     return json.loads(ArtifactStore(uri, storage).read_text("config.json"))
 
 
+def with_runtime(job_file: Path, job, runtime_file: Path):
+    """The job with the defaults of the ClusterFineTuneRuntime its spec.runtimeRef names, from `runtime_file`
+    (the operator's merge, kubetune_api.apply_runtime); the job as it is when the file has no such runtime."""
+    import yaml
+
+    from kubetune_api import apply_runtime, parse_job
+    from kubetune_api.job import KIND
+
+    docs = [d for d in yaml.safe_load_all(runtime_file.read_text()) if isinstance(d, dict)]
+    runtime = next((d for d in docs if d.get("kind") == "ClusterFineTuneRuntime"
+                    and (d.get("metadata") or {}).get("name") == job.spec.runtime_ref), None)
+    if runtime is None:
+        print(f"kubetune: warning: no ClusterFineTuneRuntime {job.spec.runtime_ref!r} in {runtime_file}; estimating "
+              "with the job's own fields (pass --runtime FILE)", file=sys.stderr)
+        return job
+    raw = next(d for d in yaml.safe_load_all(job_file.read_text()) if isinstance(d, dict) and d.get("kind") == KIND)
+    raw = {**raw, "spec": apply_runtime(raw.get("spec") or {}, runtime.get("spec") or {}, job.spec.runtime_ref)}
+    return parse_job(raw, str(job_file))
+
+
 def print_estimate(job, manifest_dir: Path, product: str | None, memory_gib: float | None,
                    answer_fraction: float, out=sys.stdout) -> Verdict:
     """`kubetune estimate`: the estimate per component, the GPU's memory and what would make it fit."""
