@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from kubetune_api.job import parse_job
@@ -22,6 +23,7 @@ MEASURED_LOW, MEASURED_HIGH = 0.75, 1.30
 LLAMA_8B = {"layers": 32, "hidden": 4096, "intermediate": 14336, "heads": 32, "kvHeads": 8, "vocab": 128256}
 
 
+@pytest.mark.slow  # 25-45 s: a fresh process imports torch, transformers and peft and trains two steps
 def test_the_estimate_is_within_the_stated_error_of_a_peak_measured_here():
     # a real training step of the trainer's adapter and loss, in a fresh process (bench/memory_estimate.py)
     case = Case("test-tiny", ModelShape(layers=2, hidden=384, intermediate=1024, heads=6, kv_heads=2, vocab=8000),
