@@ -367,6 +367,8 @@ class _Planner:
             self.start_attempt(job)
             return
         if not retryable:
+            if reason == Reason.INSUFFICIENT_GPU_MEMORY:  # the trainer's own check, from config.json
+                self.cond(C.FITS, False, reason, message)
             self.fail(reason, what)
         elif self.st.retries >= policy.max_retries:
             self.fail(Reason.RETRIES_EXHAUSTED, f"{what}; failurePolicy.maxRetries ({policy.max_retries}) used up")

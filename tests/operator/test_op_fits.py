@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from opkit import MINIMAL_SPEC, at, job_body, running
+from opkit import MINIMAL_SPEC, at, job_body, result_message, running, terminated
 from test_op_plan import cond, reconcile
 
 from kubetune_api import ConditionType as C
@@ -103,3 +103,16 @@ def test_a_run_already_started_is_not_stopped_by_a_new_verdict():
     assert p.delete == [] and "Failed" not in [c["type"] for c in p.status["conditions"] if c["status"] == "True"]
     fits = next(c for c in p.status["conditions"] if c["type"] == C.FITS)
     assert (fits["status"], fits["reason"]) == ("False", Reason.INSUFFICIENT_GPU_MEMORY)
+
+
+def test_the_trainers_own_refusal_sets_fits_false_and_is_never_retried():
+    # no shape in the spec: the operator could not check; the trainer did, from config.json (exit 16)
+    _, body = reconcile(job_body(spec(shape=None)))
+    message = result_message(ok=False, reason="InsufficientGPUMemory",
+                             message="estimated peak 30.1 GiB per GPU (...) exceeds the GPU's 22.5 GiB")
+    p, after = reconcile(body, [terminated(body, 1, 16, message=message)], now=40)
+    assert p.create_attempt is None and after["status"].get("retries", 0) == 0
+    failed, fits = cond(after, C.FAILED), cond(after, C.FITS)
+    assert (failed.status, failed.reason) == ("True", Reason.INSUFFICIENT_GPU_MEMORY)
+    assert (fits.status, fits.reason) == ("False", Reason.INSUFFICIENT_GPU_MEMORY)
+    assert "exceeds the GPU's 22.5 GiB" in fits.message and "exceeds the GPU's 22.5 GiB" in failed.message
