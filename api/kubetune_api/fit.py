@@ -36,6 +36,8 @@ GPU_MEMORY_GIB: dict[str, float] = {
     "NVIDIA-H200": 140.4,
     "NVIDIA-B200": 179.0,
 }
+# GPUs without bf16 (compute capability below 8.0): there `training.precision: auto` trains in fp32.
+NO_BF16 = frozenset({"Tesla-T4", "Tesla-V100-SXM2-16GB", "Tesla-V100-SXM2-32GB"})
 # World sizes tried when suggesting more GPUs with FSDP.
 FSDP_SIZES = (2, 4, 8, 16)
 
@@ -86,9 +88,14 @@ def gib(n: int | None) -> str:
     return f"{(n or 0) / GIB:.1f}"
 
 
-def check_fit(shape: ModelShape, spec: Any, capacity: int | None, answer_fraction: float = 1.0) -> Verdict:
-    """The estimate of a FineTuneJobSpec on GPUs of `capacity` bytes, with options when it does not fit."""
-    return verdict_of(shape, resolve_sharding(shape, Workload.from_spec(spec, answer_fraction), capacity), capacity)
+def check_fit(shape: ModelShape, spec: Any, capacity: int | None, answer_fraction: float = 1.0,
+              product: str | None = None) -> Verdict:
+    """The estimate of a FineTuneJobSpec on GPUs of `capacity` bytes (of `product`, default the spec's
+    resources.gpuProduct), with options when it does not fit."""
+    work = Workload.from_spec(spec, answer_fraction)
+    if spec.training.precision == "auto" and (product or spec.resources.gpu_product) in NO_BF16:
+        work = replace(work, precision="fp32")
+    return verdict_of(shape, resolve_sharding(shape, work, capacity), capacity)
 
 
 def verdict_of(shape: ModelShape, work: Workload, capacity: int | None) -> Verdict:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kubetune_api.fit import GPU_MEMORY_GIB, check_fit, gpu_memory_bytes
-from kubetune_api.job import parse_spec
+from kubetune_api.job import parse_spec, spec_hash
 from kubetune_api.memory import GIB, ModelShape, Workload, estimate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
@@ -105,3 +105,17 @@ def test_an_unknown_gpu_product_leaves_the_verdict_open():
     assert verdict.fits is None and "unknown" in verdict.message and verdict.options == []
     assert gpu_memory_bytes("NVIDIA-L4", {"NVIDIA-L4": 20}) == 20 * GIB  # the operator's table wins
     assert all(v > 10 for v in GPU_MEMORY_GIB.values())
+
+
+def test_auto_precision_on_a_gpu_without_bf16_is_estimated_in_fp32():
+    spec = parse_spec(job_spec(gradientCheckpointing=True, batchSize=1))
+    t4 = check_fit(spec.model.shape, spec, gpu_memory_bytes("Tesla-T4"), product="Tesla-T4")
+    l4 = check_fit(spec.model.shape, spec, gpu_memory_bytes("NVIDIA-L4"), product="NVIDIA-L4")
+    assert (t4.workload.precision, l4.workload.precision) == ("fp32", "bf16")
+    assert t4.estimate.components["weights"] == 2 * l4.estimate.components["weights"]
+
+
+def test_the_shape_never_changes_the_spec_hash():
+    with_shape = parse_spec(job_spec())
+    without = parse_spec({**job_spec(), "model": {"uri": "s3://models/llama/"}})
+    assert spec_hash(with_shape) == spec_hash(without)

@@ -120,7 +120,7 @@ def print_estimate(job, manifest_dir: Path, product: str | None, memory_gib: flo
                                        spec.model.uri)
     product = product or spec.resources.gpu_product
     capacity = int(memory_gib * GIB) if memory_gib else gpu_memory_bytes(product)
-    verdict = check_fit(shape, spec, capacity, answer_fraction)
+    verdict = check_fit(shape, spec, capacity, answer_fraction, product)
     w = verdict.workload
     print(f"{job.metadata.name}: {spec.method.type} r={w.rank} on {shape.params() / 1e9:.2f}B parameters "
           f"({shape.layers} layers, hidden {shape.hidden}), batch {w.batch_size} x {w.seq_len} tokens in passes of "
