@@ -83,6 +83,8 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
     effective["mergeAdapter"] = spec.output.merge_adapter
     # How the work is split across GPUs, like resources.gpus, changes how a run goes, not what it trains.
     effective["training"].pop("sharding", None)
+    # The model's shape only informs the memory estimate; the trainer reads the model's own config.json.
+    effective["model"].pop("shape", None)
     for path in HASH_NEUTRAL_AT_DEFAULT:
         parent = effective
         for key in path[:-1]:

@@ -27,6 +27,7 @@ class ExitCode(IntEnum):
     NOT_FOUND = 13
     OUT_OF_MEMORY = 14
     TRANSIENT = 15
+    INSUFFICIENT_GPU_MEMORY = 16  # the estimate exceeds the device's memory: no retry can fit it
 
     @property
     def reason(self) -> str:
@@ -46,6 +47,7 @@ _REASONS = {
     ExitCode.NOT_FOUND: Reason.NOT_FOUND,
     ExitCode.OUT_OF_MEMORY: Reason.OOM_KILLED,
     ExitCode.TRANSIENT: Reason.TRAINER_ERROR,
+    ExitCode.INSUFFICIENT_GPU_MEMORY: Reason.INSUFFICIENT_GPU_MEMORY,
 }
 
 
@@ -134,6 +136,10 @@ class Env:
     IMAGE_ID = "KUBETUNE_IMAGE_ID"  # the image digest the kubelet reported for an earlier attempt, if any
     CACHE_DIR = "KUBETUNE_CACHE_DIR"  # model download cache (a volume in the pod)
     WORK_DIR = "KUBETUNE_WORK_DIR"  # scratch space
+    # The accelerator memory (GiB) the trainer's fit preflight assumes instead of what the device reports: for
+    # tests (on CPU, where there is no limit, the check is skipped unless this is set) and for devices whose
+    # usable memory is less than they report (MIG slices, memory shared with other processes).
+    DEVICE_MEMORY_GIB = "KUBETUNE_DEVICE_MEMORY_GIB"
     HF_TOKEN = "HF_TOKEN"
     MLFLOW_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"
     MLFLOW_TRACKING_PASSWORD = "MLFLOW_TRACKING_PASSWORD"

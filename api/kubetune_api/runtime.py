@@ -20,6 +20,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from .base import ApiModel
 from .job import ObjectMeta, SpecError, format_errors
+from .memory import ModelShape
 from .spec import DNS1123_LABEL, FineTuneJobSpec, MethodSpec, ResourcesSpec, TrainingSpec
 
 RUNTIME_KIND = "ClusterFineTuneRuntime"
@@ -45,6 +46,11 @@ class FineTuneRuntimeSpec(ApiModel):
     model_family: str | None = Field(
         default=None, max_length=63, pattern=DNS1123_LABEL,
         description="Model family the LoRA target modules fit (e.g. llama, mistral, gemma); informational.",
+    )
+    model_shape: ModelShape | None = Field(
+        default=None,
+        description="Shape of the model this preset is sized for (as in its config.json), for the GPU memory "
+        "estimate of jobs naming it (the Fits condition); a job's own spec.model.shape wins.",
     )
     image: str | None = Field(default=None, min_length=1, description="Trainer image for jobs using this runtime.")
     method: MethodSpec | None = Field(
@@ -143,6 +149,10 @@ def apply_runtime(job_spec: dict[str, Any], runtime_spec: dict[str, Any], runtim
         and "quantization" not in (job_spec.get("method") or {})
     ):
         method.pop("quantization", None)
+    model = merged.get("model")
+    # The shape the preset is sized for stands in for a shape the job does not give (memory estimate only).
+    if runtime_spec.get("modelShape") and isinstance(model, dict) and "shape" not in model:
+        model["shape"] = copy.deepcopy(runtime_spec["modelShape"])
     resources = merged.get("resources")
     # Nor does its GPU model follow a job that trains on CPU.
     if (

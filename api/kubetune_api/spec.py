@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from .base import ApiModel
+from .memory import ModelShape
 
 DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -136,6 +137,13 @@ class ModelSpec(ApiModel):
         description="Allow the model repository's own Python code to run. Default: false; enable only for "
         "models you trust. In a cluster the job must also name (spec.runtimeRef) a ClusterFineTuneRuntime "
         "with allowRemoteCode: true; `kubetune run` allows it with a warning.",
+    )
+    shape: ModelShape | None = Field(
+        default=None,
+        description="The model's shape, as in its config.json, for the GPU memory estimate the operator makes "
+        "before it starts a pod (the Fits condition; docs/memory.md). Unset: the shape of the runtime named "
+        "by spec.runtimeRef, if it has one; without either, the trainer checks from config.json before "
+        "loading weights. Not part of the spec hash.",
     )
     allow_pickle_weights: bool = Field(
         default=False,

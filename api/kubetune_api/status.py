@@ -22,6 +22,7 @@ class ConditionType:
     EVALUATION_PASSED = "EvaluationPassed"
     SERVING_COMPATIBLE = "ServingCompatible"  # vLLM/SGLang serve the adapter as trained (docs/serving.md)
     TRACKED = "Tracked"  # the run reached the experiment tracker (spec.tracking)
+    FITS = "Fits"  # the estimated peak GPU memory fits the GPU (docs/memory.md)
 
 
 class Reason:
@@ -72,6 +73,9 @@ class Reason:
     JOB_REPLACED = "JobReplaced"  # concurrencyPolicy Replace: the running job was deleted for the new one
     DATA_CHECK_FAILED = "DataCheckFailed"  # the probe could not list the data: time skipped, said why
     HISTORY_PRUNED = "HistoryPruned"  # a finished job beyond the history limits was deleted
+    FITS_GPU_MEMORY = "FitsGPUMemory"  # the estimate is within the GPU's memory
+    INSUFFICIENT_GPU_MEMORY = "InsufficientGPUMemory"  # it is not: refused before any pod (or weights) start
+    GPU_MEMORY_UNKNOWN = "GPUMemoryUnknown"  # no gpuProduct, or one the GPU table does not list
 
 
 Phase = Literal["Pending", "Running", "Unknown", "Suspended", "Succeeded", "Failed"]

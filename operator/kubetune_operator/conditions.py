@@ -18,7 +18,7 @@ WARNING_REASONS = frozenset({
     Reason.DATA_INVALID, Reason.ACCESS_DENIED, Reason.NOT_FOUND, Reason.OOM_KILLED, Reason.PREEMPTED,
     Reason.DEADLINE_EXCEEDED, Reason.RETRIES_EXHAUSTED, Reason.TRAINER_ERROR, Reason.POD_DELETED,
     Reason.BACKOFF, Reason.GATE_FAILED, Reason.SECRET_NOT_FOUND, Reason.CONTAINER_CONFIG_ERROR, Reason.POD_REJECTED,
-    Reason.NODE_NOT_READY, Reason.POD_CREATE_FAILED,
+    Reason.NODE_NOT_READY, Reason.POD_CREATE_FAILED, Reason.INSUFFICIENT_GPU_MEMORY,
 })
 # Metrics worth a place in the one-line summary, in order of preference after the gate's metric.
 SUMMARY_METRICS = ("evalLoss", "rougeL", "exactMatch", "perplexity", "bleu", "chrf", "rouge1", "rouge2")

@@ -23,6 +23,7 @@ from kubetune_api.status import Artifacts, Progress, is_true, now_rfc3339
 from . import stuck
 from .builders import pod_name, world_size
 from .conditions import Event, eval_summary, headline, parse_time, read_status, transition_events
+from .fits import fit_of
 from .observe import PodView, Stage, view_pod
 from .validation import resolve
 
@@ -42,6 +43,7 @@ class Observed:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # node name -> its Ready condition
     rejected: str | None = None  # the API server refused the pod this plan would create (its message)
     refused: str | None = None  # ... for now (403: a quota, a missing PriorityClass, an admission webhook)
+    gpu_memory: dict[str, float] | None = None  # GPU product -> GiB (settings); None: the API's table
 
 
 @dataclass
@@ -155,7 +157,7 @@ class _Planner:
         self.mine = {v.attempt: v for v in self.views if (v.spec_hash, v.run) == (run_hash, self.st.run)}
         # An earlier run's pod may still be running a stale spec; finished ones stay for `kubectl logs`.
         self.delete([v for v in self.views if v.active and v not in self.mine.values()])
-        if not self.finished():
+        if not self.finished() and self.fits(job):
             self.adopt()
             self.step(job)
         if self.finished():
@@ -238,6 +240,19 @@ class _Planner:
             if is_true(self.st.conditions, C.SUSPENDED):
                 self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resumed")
             self.watch(job, pod)
+
+    def fits(self, job: FineTuneJob) -> bool:
+        """The Fits condition. A job that cannot fit its GPU fails before its first pod, for good: no retry
+        can fit it, and the next spec edit starts a new run. A run already started goes on."""
+        fit = fit_of(job, self.obs.gpu_memory)
+        if fit is None:
+            return True
+        self.cond(C.FITS, fit.status, fit.reason, fit.message)
+        if not fit.refused or self.st.attempts or self.mine:
+            return True
+        self.fail(fit.reason, fit.message)
+        self.st.spec_hash = None
+        return False
 
     # -------------------------------------------------------------- transitions
 
@@ -352,6 +367,8 @@ class _Planner:
             self.start_attempt(job)
             return
         if not retryable:
+            if reason == Reason.INSUFFICIENT_GPU_MEMORY:  # the trainer's own check, from config.json
+                self.cond(C.FITS, False, reason, message)
             self.fail(reason, what)
         elif self.st.retries >= policy.max_retries:
             self.fail(Reason.RETRIES_EXHAUSTED, f"{what}; failurePolicy.maxRetries ({policy.max_retries}) used up")

@@ -272,7 +272,8 @@ class Reconciler:
         now = datetime.now(timezone.utc)
         on = {(p.get("spec") or {}).get("nodeName") for p in pods}
         nodes = {n: self.nodes[n] for n in on if n in self.nodes and self.nodes[n]}
-        return Observed(body=body, pods=pods, now=now, progress=progress, runtime=runtime, nodes=nodes), progress
+        return Observed(body=body, pods=pods, now=now, progress=progress, runtime=runtime, nodes=nodes,
+                        gpu_memory=self.settings.gpu_memory), progress
 
     def _writes_needed(self, body: dict[str, Any], p: Plan) -> bool:
         uid = body["metadata"].get("uid", "")

@@ -6,6 +6,7 @@ startup hook in handlers.py, so every knob is set in one place with the reason n
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 import kopf
 
 from kubetune_api import GROUP, __version__
+from kubetune_api.fit import GPU_MEMORY_GIB
 
 from .builders import JOB_LABEL
 
@@ -79,6 +81,9 @@ class Settings:
     # KUBETUNE_POD_NAME: this replica's name in the Lease (the chart sets it to the pod's name); unset, the
     # host name plus a random suffix, so two processes on one host never take each other for itself.
     identity: str = ""
+    # KUBETUNE_GPU_MEMORY_GIB: a JSON object, nvidia.com/gpu.product value -> one GPU's memory in GiB, for the
+    # Fits condition (the chart's gpuMemory). Unset: the API's table of common GPUs (kubetune_api.fit).
+    gpu_memory: dict[str, float] = field(default_factory=lambda: dict(GPU_MEMORY_GIB))
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -98,7 +103,23 @@ class Settings:
             leader_lease=_lease(env.get("KUBETUNE_LEADER_ELECTION_LEASE", "")),
             lease_seconds=_number(env, "KUBETUNE_LEADER_ELECTION_SECONDS", 15.0),
             identity=env.get("KUBETUNE_POD_NAME") or f"{socket.gethostname()}_{secrets.token_hex(4)}",
+            gpu_memory=_gpu_memory(env.get("KUBETUNE_GPU_MEMORY_GIB", "")),
         )
+
+
+def _gpu_memory(raw: str) -> dict[str, float]:
+    if not raw.strip():
+        return dict(GPU_MEMORY_GIB)
+    try:
+        table = json.loads(raw)
+    except ValueError:
+        table = None
+    if not isinstance(table, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in table.values()
+    ):
+        raise SettingsError(f"KUBETUNE_GPU_MEMORY_GIB={raw[:200]!r} must be a JSON object of GPU product -> "
+                            "GiB (a positive number), e.g. {\"NVIDIA-L4\": 22.5}")
+    return {str(k): float(v) for k, v in table.items()}
 
 
 def _lease(raw: str) -> tuple[str, str] | None:

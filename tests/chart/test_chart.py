@@ -14,6 +14,7 @@ import yaml
 
 from kubetune_api import apply_runtime, parse_runtime, parse_spec
 from kubetune_api.crd import CRD_DIR, all_crds
+from kubetune_api.fit import GPU_MEMORY_GIB, check_fit, gpu_memory_bytes
 
 from .conftest import VALUE_SETS
 from .helm import CHART, NAMESPACE, helm_run, render, render_text
@@ -142,6 +143,8 @@ def test_operator_env_matches_its_settings(rendered):
     assert env["KUBETUNE_PROGRESS_URL"]["value"] == f"http://kt-kubetune.{NAMESPACE}.svc:8080"
     assert env["KUBETUNE_PROGRESS_PORT"]["value"] == "8080" and env["KUBETUNE_METRICS_PORT"]["value"] == "9090"
     assert env["KUBETUNE_NAMESPACES"]["value"] == ""
+    # the GPU table of the Fits condition: the chart's default is the API's
+    assert json.loads(env["KUBETUNE_GPU_MEMORY_GIB"]["value"]) == GPU_MEMORY_GIB
     secret = _one(docs, "Secret")
     assert env["KUBETUNE_PROGRESS_KEY"]["valueFrom"]["secretKeyRef"] == {
         "name": secret["metadata"]["name"], "key": "progress-key"}
@@ -156,6 +159,12 @@ def test_operator_env_matches_its_settings(rendered):
     assert {e["name"]: e for e in _operator(pinned)["env"]}["KUBETUNE_PROGRESS_KEY"]["valueFrom"][
         "secretKeyRef"]["name"] == "my-progress-key"
     assert _operator(pinned)["image"] == "ghcr.io/kubetune/operator@sha256:" + "a" * 64
+
+
+def test_gpu_memory_values_add_and_override_entries_of_the_table(helm):
+    docs = render(helm, {"gpuMemory": {"NVIDIA-L4": 20, "Acme-X1-64GB": 64}})
+    table = json.loads({e["name"]: e for e in _operator(docs)["env"]}["KUBETUNE_GPU_MEMORY_GIB"]["value"])
+    assert table == {**GPU_MEMORY_GIB, "NVIDIA-L4": 20, "Acme-X1-64GB": 64}
 
 
 def test_generated_progress_key_is_random_per_install(helm):
@@ -271,6 +280,10 @@ def test_presets_are_valid_runtimes_for_each_model_family(rendered):
     assert spec.resources.gpus == 0 and spec.method.lora.target_modules == ["q_proj", "v_proj"]
     big = parse_spec(apply_runtime({**job, "runtimeRef": "llama-70b"}, runtimes["llama-70b"]["spec"], "llama-70b"))
     assert (big.resources.gpus, big.training.sharding, big.method.type) == (8, "fsdp", "lora")
+    # the presets with a model shape fit the 80 GB GPUs their descriptions promise (the Fits estimate)
+    for name in ("llama", "llama-13b", "llama-70b"):
+        spec = parse_spec(apply_runtime({**job, "runtimeRef": name}, runtimes[name]["spec"], name))
+        assert check_fit(spec.model.shape, spec, gpu_memory_bytes("NVIDIA-A100-SXM4-80GB")).fits is True, name
     assert not _kinds(rendered["monitoring-no-runtimes"], "ClusterFineTuneRuntime")
 
 
@@ -297,6 +310,7 @@ def test_service_monitor_selects_the_metrics_port(rendered):
         ({"image": {"digest": "latest"}}, "image.digest"),
         ({"resources": {"limits": {"memory": "lots"}}}, "resources.limits.memory"),
         ({"probes": {"port": 9090}}, "three different ports"),
+        ({"gpuMemory": {"NVIDIA-L4": 0}}, "gpuMemory.NVIDIA-L4"),
     ],
 )
 def test_bad_values_are_rejected(helm, values, message):

@@ -18,6 +18,7 @@ from clusterkit import condition, events, finetunejob, get_job, succeed, termina
 pytestmark = pytest.mark.k8s
 
 MEMORY = "1Gi"
+LLAMA_8B = {"layers": 32, "hidden": 4096, "intermediate": 14336, "heads": 32, "kvHeads": 8, "vocab": 128256}
 
 
 def spec(**extra: Any) -> dict:
@@ -79,6 +80,12 @@ CASES = [
          status="False", pods=0),
     # Refused by the API model: no pod either.
     Case("bad-spec", spec(training={"epochs": 2, "maxSteps": 10}), "InvalidSpec", ("spec.training",), pods=0),
+    # Cannot fit its GPU by the memory estimate (Llama 3.1 8B, LoRA, 8 x 2048 tokens on a 22.5 GiB L4): no pod.
+    Case("too-big-for-gpu", spec(model={"uri": "s3://models/base/", "shape": LLAMA_8B},
+                                 dataset={"train": {"uri": "s3://data/train.jsonl"}, "maxSeqLength": 2048},
+                                 training={"batchSize": 8},
+                                 resources={"gpus": 1, "gpuProduct": "NVIDIA-L4", "cpu": "1", "memory": MEMORY}),
+         "InsufficientGPUMemory", ("NVIDIA-L4", "exceeds the GPU's 22.5 GiB", "would fit:"), pods=0),
     # The trainer's typed answers: permanent, never retried.
     Case("trainer-invalid", spec(), "InvalidSpec", ("method.loraRank",),
          script=[running(), terminate(10, "Error", result("InvalidSpec", "method.loraRank: 0 is below 1"))]),
@@ -86,6 +93,9 @@ CASES = [
          script=[running(), terminate(11, "Error", result("DataInvalid", "dataset.train row 3: 'output' is empty"))]),
     Case("access-denied", spec(), "AccessDenied", ("s3://data/train.jsonl",),
          script=[running(), terminate(12, "Error", result("AccessDenied", "GET s3://data/train.jsonl: 403"))]),
+    Case("trainer-gpu-memory", spec(), "InsufficientGPUMemory", ("exceeds the GPU's 15.0 GiB",),
+         script=[running(), terminate(16, "Error", result("InsufficientGPUMemory", "estimated peak 21.0 GiB per GPU "
+                                                                               "exceeds the GPU's 15.0 GiB"))]),
     Case("not-found", spec(), "NotFound", ("s3://models/base/",),
          script=[running(), terminate(13, "Error", result("NotFound", "s3://models/base/ holds no model"))]),
     Case("deadline", spec(activeDeadlineSeconds=3), "DeadlineExceeded", ("activeDeadlineSeconds",),

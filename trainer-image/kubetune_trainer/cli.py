@@ -4,6 +4,7 @@
     kubetune train                             # in the trainer pod: the manifest at $KUBETUNE_CONFIG
     kubetune validate examples/smollm2-local.yaml  # check the spec and the data, load no weights
     kubetune data-version [MANIFEST]           # the data version of its data (a schedule's probe pod)
+    kubetune estimate examples/smollm2-local.yaml  # peak GPU memory per component, and what would make it fit
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("manifest")
     probe = sub.add_parser("data-version", help="print the data version of a manifest's data (listing only)")
     probe.add_argument("manifest", nargs="?", help=f"FineTuneJob YAML (default: the JSON in ${Env.MANIFEST})")
+    est = sub.add_parser("estimate", help="estimate peak GPU memory per component and what would make it fit "
+                                          "(reads the model's config.json, or spec.model.shape; no weights)")
+    est.add_argument("manifest")
+    est.add_argument("--gpu-product", help="a nvidia.com/gpu.product value (default: spec.resources.gpuProduct)")
+    est.add_argument("--gpu-memory", type=float, metavar="GIB", help="one GPU's memory in GiB (overrides the table)")
+    est.add_argument("--runtime", metavar="FILE", help="a ClusterFineTuneRuntime manifest for spec.runtimeRef (default: "
+                                                       "one of that name in the job's own file)")
+    est.add_argument("--answer-fraction", type=float, default=1.0, metavar="F",
+                     help="share of a pass's tokens that are answer tokens (default 1.0, the worst case)")
     args = parser.parse_args(argv)
     if args.command == "data-version":
         return _data_version(args.manifest)
@@ -39,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run_local(Path(args.manifest), args.json)
     if args.command == "validate":
         return _validate(Path(args.manifest))
+    if args.command == "estimate":
+        return _estimate(args)
     from .launch import launch, wanted
 
     if wanted():  # several GPUs: become torchrun's agent, one `kubetune train` worker per GPU
@@ -158,6 +170,32 @@ def _validate(path: Path) -> int:
     r = recipe.data_report
     print(f"{path}: valid; {r.rows} rows ({r.schema}), {r.duplicates} duplicates, {r.train} train / {r.eval} eval")
     return 0
+
+
+def _estimate(args) -> int:
+    """Exit 0 when the job fits or the GPU's memory is unknown, InsufficientGPUMemory's code when it does not."""
+    from .errors import TrainerError
+    from .fitcheck import print_estimate, with_runtime
+
+    path = Path(args.manifest)
+    job = _load(path, None)
+    if job is None:
+        return ExitCode.INVALID_CONFIG
+    if job.spec.runtime_ref:
+        try:
+            job = with_runtime(path, job, Path(args.runtime) if args.runtime else path)
+        except (SpecError, OSError) as err:
+            print(f"kubetune: {err}", file=sys.stderr)
+            return ExitCode.INVALID_CONFIG
+    if not 0 < args.answer_fraction <= 1:
+        print(f"kubetune: --answer-fraction {args.answer_fraction} must be in (0, 1]", file=sys.stderr)
+        return ExitCode.INVALID_CONFIG
+    try:
+        verdict = print_estimate(job, path.resolve().parent, args.gpu_product, args.gpu_memory, args.answer_fraction)
+    except TrainerError as err:
+        print(f"kubetune: {err.code.reason}: {err.message}", file=sys.stderr)
+        return int(err.code)
+    return int(ExitCode.INSUFFICIENT_GPU_MEMORY) if verdict.fits is False else 0
 
 
 def _skip_unused_libraries(job: FineTuneJob) -> None:

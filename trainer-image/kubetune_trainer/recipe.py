@@ -16,7 +16,7 @@ from kubetune_api.job import FineTuneJob
 from kubetune_api.results import Env, TrainerResult
 
 from . import data as datamod
-from . import preflight
+from . import fitcheck, preflight
 from .artifacts import SUCCESS, store_once
 from .batching import Schedule, pack_batch, pad_batch, passes
 from .checkpoints import Checkpoints
@@ -181,6 +181,9 @@ class LoRARecipe:
             warn(message)
         self.sharding = choose_sharding(spec.training.sharding, spec.method.type, self.device,
                                         weights_bytes(self.model_path), device_bytes(self.device))
+        # a job that cannot fit this GPU fails here, from config.json, before any weights load
+        fitcheck.preflight(spec, self.model_path, self.device, self.dtype.itemsize, self.sharding,
+                           self.dist.world_size)
         # Under FSDP the base loads into host memory and fully_shard moves each rank's shard to its GPU.
         on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.dist.device_name(self.device)
         self.model = load_model(self.model_path, spec.method, on, self.dtype, spec.model.trust_remote_code,
