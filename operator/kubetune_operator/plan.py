@@ -21,8 +21,9 @@ from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
 from kubetune_api.status import Artifacts, Progress, is_true, now_rfc3339
 
 from . import stuck
-from .builders import pod_name, world_size
+from .builders import gang_pod_names, pod_name, world_size
 from .conditions import Event, eval_summary, headline, parse_time, read_status, transition_events
+from .gang import Gang, describe, fold
 from .observe import PodView, Stage, view_pod
 from .validation import resolve
 
@@ -48,7 +49,8 @@ class Observed:
 class Plan:
     job: FineTuneJob | None
     status: dict[str, Any] = field(default_factory=dict)  # the whole desired status (wire form)
-    create_attempt: int | None = None  # create pod <name>-<n> (with its ConfigMap and Secret) first
+    create_attempt: int | None = None  # create the pods of attempt n (with its ConfigMap and Secret) first
+    create_indices: list[int] | None = None  # only these pods of its gang (lost before it ran); None: all
     run: int = 1  # the run the pod to create belongs to
     image_id: str | None = None  # the image digest an earlier attempt ran, passed on for lineage.json
     run_start: str | None = None  # when the run of a first attempt was asked for (the start-up metric)
@@ -87,7 +89,7 @@ class _Planner:
         self.out.delete += [
             p["metadata"]["name"] for p in self.orphans if not p["metadata"].get("deletionTimestamp")
         ]
-        self.mine: dict[int, PodView] = {}
+        self.mine: dict[int, Gang] = {}  # this run's attempts
 
     # -------------------------------------------------------------- helpers
 
@@ -152,14 +154,29 @@ class _Planner:
             else:
                 self.new_run(run_hash)
         self.st.run = max(self.st.run, 1)  # a status from before run numbers: run 1
-        self.mine = {v.attempt: v for v in self.views if (v.spec_hash, v.run) == (run_hash, self.st.run)}
+        ours = [v for v in self.views if (v.spec_hash, v.run) == (run_hash, self.st.run)]
+        self.mine = self.gangs(job, ours)
         # An earlier run's pod may still be running a stale spec; finished ones stay for `kubectl logs`.
-        self.delete([v for v in self.views if v.active and v not in self.mine.values()])
+        self.delete([v for v in self.views if v.active and v not in ours])
         if not self.finished():
             self.adopt()
             self.step(job)
         if self.finished():
             self.settle(job)
+
+    def gangs(self, job: FineTuneJob, views: list[PodView]) -> dict[int, Gang]:
+        """This run's pods folded into one gang per attempt (gang.py), at the size each gang was created with."""
+        out = {}
+        for attempt in sorted({v.attempt for v in views}):
+            members = [v for v in views if v.attempt == attempt]
+            size = max(v.gang_size for v in members)
+            names = ([pod_name(job.metadata.name, attempt, self.st.run)] if size == 1 else
+                     [pod_name(job.metadata.name, attempt, self.st.run, i) for i in range(size)])
+            out[attempt] = fold(members, names, self.obs.nodes)
+        return out
+
+    def members(self, active: bool = True) -> list[PodView]:
+        return [m for g in self.mine.values() for m in g.members if m.active or not active]
 
     def finished(self) -> bool:
         return is_true(self.st.conditions, C.SUCCEEDED) or is_true(self.st.conditions, C.FAILED)
@@ -190,7 +207,7 @@ class _Planner:
 
     def settle(self, job: FineTuneJob) -> None:
         """A finished job: nothing may run; its children go once ttlSecondsAfterFinished has passed."""
-        self.delete([v for v in self.mine.values() if v.active])
+        self.delete(self.members())
         ttl = job.spec.ttl_seconds_after_finished
         if ttl is None or not self.st.completion_time:
             return
@@ -205,9 +222,10 @@ class _Planner:
         """A pod of a newer attempt than the status records was created just before an operator restart."""
         top = max(self.mine, default=0)
         if top > self.st.attempts:
-            pod = self.mine[top]
-            self.st.attempts, self.st.pod_name, self.st.next_attempt_time = top, pod.name, None
-            self.st.start_time = self.st.start_time or pod.created
+            gang = self.mine[top]
+            first = pod_name(self.obs.body["metadata"]["name"], top, self.st.run, 0 if gang.size > 1 else None)
+            self.st.attempts, self.st.pod_name, self.st.next_attempt_time = top, first, None
+            self.st.start_time = self.st.start_time or min(m.created or self.stamp for m in gang.members)
 
     def step(self, job: FineTuneJob) -> None:
         pod = self.mine.get(self.st.attempts) if self.st.attempts else None
@@ -233,11 +251,15 @@ class _Planner:
         elif pod is None:
             self.failed(job, Reason.PREEMPTED, True, f"pod {self.st.pod_name} was deleted before it finished")
         elif pod.stage is Stage.FAILED:
+            self.delete(self.members())  # the gang's other pods cannot go on without it
             self.failed(job, pod.reason, pod.retryable, pod.message, since=pod.finished)
         else:
             if is_true(self.st.conditions, C.SUSPENDED):
                 self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resumed")
-            self.watch(job, pod)
+            if pod.missing:
+                self.recreate(job, pod)
+            else:
+                self.watch(job, pod)
 
     # -------------------------------------------------------------- transitions
 
@@ -245,7 +267,8 @@ class _Planner:
         """Create the next pod, but never while another pod of this job may still be running, and never
         under a name a pod being deleted still holds."""
         attempt = self.st.attempts + 1
-        name = pod_name(job.metadata.name, attempt, self.st.run)
+        names = gang_pod_names(job, attempt, self.st.run)
+        name, pods = names[0], describe(names)
         if self.out.delete or self.orphans or any(v.active or v.deleting for v in self.views):
             self.out.wait(RECHECK_SECONDS)
             return
@@ -255,7 +278,7 @@ class _Planner:
         if self.obs.refused is not None:
             # Possibly temporary (a quota frees up, the PriorityClass gets created): said, and tried again.
             self.cond(C.SCHEDULED, False, Reason.POD_CREATE_FAILED,
-                      f"the API server refused pod {name}; trying again in {REFUSED_RETRY_SECONDS:.0f}s: "
+                      f"the API server refused {pods}; trying again in {REFUSED_RETRY_SECONDS:.0f}s: "
                       f"{self.obs.refused}")
             self.out.wait(REFUSED_RETRY_SECONDS)
             return
@@ -269,14 +292,31 @@ class _Planner:
             self.st.start_time = self.stamp
             self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resuming from the last checkpoint")
         self.st.start_time = self.st.start_time or self.stamp
-        self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"created pod {name} (attempt {attempt}); waiting for a node")
-        self.cond(C.RUNNING, False, Reason.WAITING, f"pod {name} is pending")
+        self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"created {pods} (attempt {attempt}); waiting for a node")
+        self.cond(C.RUNNING, False, Reason.WAITING, f"{pods} {'is' if len(names) == 1 else 'are'} pending")
         self.out.image_id = self.st.trainer_image_id
         deadline = job.spec.active_deadline_seconds
         if deadline:
             self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
 
-    def watch(self, job: FineTuneJob, pod: PodView) -> None:
+    def recreate(self, job: FineTuneJob, gang: Gang) -> None:
+        """Pods of the current attempt that are gone while none of its pods has ended (the operator stopped
+        while creating the gang, or Kueue removed them before admitting the gang): created again under their
+        own names, so the attempt's one gang is completed, never a second one started."""
+        what = describe(list(gang.missing))
+        self.cond(C.RUNNING, False, Reason.WAITING, f"{what} of attempt {gang.attempt} {'is' if len(gang.missing) == 1 else 'are'} "
+                  "missing: creating them again")
+        if self.out.delete or self.orphans:
+            self.out.wait(RECHECK_SECONDS)
+            return
+        self.out.create_attempt, self.out.run = gang.attempt, self.st.run
+        self.out.create_indices = list(gang.missing_indices)
+        self.out.image_id = self.st.trainer_image_id
+        deadline = job.spec.active_deadline_seconds
+        if deadline and self.st.start_time:
+            self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
+
+    def watch(self, job: FineTuneJob, pod: Gang) -> None:
         """Conditions of a pod that has not ended."""
         if pod.stage in (Stage.PENDING, Stage.UNSCHEDULABLE):
             if pod.stage is Stage.UNSCHEDULABLE:
@@ -288,7 +328,8 @@ class _Planner:
         if pod.stage is Stage.TERMINATING:
             self.out.wait(RECHECK_SECONDS)
             return
-        self.cond(C.SCHEDULED, True, Reason.POD_SCHEDULED, f"pod {pod.name} is on node {pod.node}")
+        self.cond(C.SCHEDULED, True, Reason.POD_SCHEDULED,
+                  f"{pod.what} {'is' if pod.size == 1 else 'are'} on {pod.nodes}")
         ready = self.obs.nodes.get(pod.node or "")
         if ready is not None and ready.get("status") != "True":
             self.cond(C.RUNNING, "Unknown", Reason.NODE_NOT_READY, stuck.node_not_ready(pod, ready))
@@ -299,11 +340,11 @@ class _Planner:
         elif pod.stage is Stage.STARTING:
             self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} is starting")
         else:
-            self.cond(C.RUNNING, True, Reason.TRAINING, f"attempt {pod.attempt} is training in pod {pod.name}")
+            self.cond(C.RUNNING, True, Reason.TRAINING, f"attempt {pod.attempt} is training in {pod.what}")
             if self.obs.progress is not None:
                 self.st.progress = self.obs.progress
 
-    def give_up_after_grace(self, pod: PodView, how: stuck.Stuck) -> None:
+    def give_up_after_grace(self, pod: Gang, how: stuck.Stuck) -> None:
         """A pod the kubelet cannot start (stuck.py): wait out the grace period, then fail for good."""
         waited = self.seconds_since(pod.created) if pod.created else 0.0
         if waited >= self.grace:
@@ -319,7 +360,7 @@ class _Planner:
         self.st.spec_hash = None  # as for InvalidSpec: whatever spec comes next starts a new run
 
     def suspend(self) -> None:
-        self.delete([v for v in self.mine.values() if v.active])
+        self.delete(self.members())
         if not is_true(self.st.conditions, C.SUSPENDED):
             stopped = f"; stopped pod {self.st.pod_name}" if self.st.attempts else ""
             self.cond(C.SUSPENDED, True, Reason.SUSPENDED, f"spec.suspend is true{stopped}")
@@ -369,14 +410,14 @@ class _Planner:
         self.cond(C.FAILED, True, reason, message)
         self.cond(C.RUNNING, False, reason, message)
         self.st.completion_time, self.st.next_attempt_time = self.stamp, None
-        self.delete([v for v in self.mine.values() if v.active])
+        self.delete(self.members())
 
-    def succeed(self, job: FineTuneJob, pod: PodView) -> None:
+    def succeed(self, job: FineTuneJob, pod: Gang) -> None:
         result = pod.result
         reason = result.reason if result and result.reason == Reason.ALREADY_COMPLETE else Reason.COMPLETED
         attempts = f"{self.st.attempts} attempt" + ("s" if self.st.attempts != 1 else "")
         self.cond(C.SUCCEEDED, True, reason, (result.message if result else "") or f"trained in {attempts}")
-        self.cond(C.RUNNING, False, Reason.COMPLETED, f"pod {pod.name} completed")
+        self.cond(C.RUNNING, False, Reason.COMPLETED, f"{pod.what} completed")
         self.st.completion_time, self.st.next_attempt_time = pod.finished or self.stamp, None
         progress = self.obs.progress or self.st.progress or Progress()
         done: dict[str, Any] = {"percent": 100, "stage": "done"}

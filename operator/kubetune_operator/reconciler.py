@@ -32,9 +32,12 @@ from . import metrics
 from .builders import (
     JOB_LABEL,
     build_config_map,
+    build_gang,
+    build_gang_service,
     build_progress_secret,
-    build_trainer_pod,
     config_map_name,
+    gang_service_name,
+    gang_size,
     progress_secret_name,
 )
 from .conditions import merge_patch, parse_time
@@ -346,6 +349,7 @@ class Reconciler:
         if p.cleanup and uid not in self._cleaned:
             await self.kube.delete(namespace, "configmaps", config_map_name(name))
             await self.kube.delete(namespace, "secrets", progress_secret_name(name))
+            await self.kube.delete(namespace, "services", gang_service_name(name))
             self._cleaned.add(uid)
             log.info("FineTuneJob %s/%s: ttlSecondsAfterFinished passed; removed its pods and config", *key)
 
@@ -357,17 +361,28 @@ class Reconciler:
             meta = body["metadata"]
             token = progress_token(self.settings.progress_key, meta["namespace"], meta["name"], meta["uid"])
             await self._ensure(build_progress_secret(job, token))
-        pod = build_trainer_pod(job, attempt, self.settings, p.deadline_left, p.run, p.image_id)
+        if gang_size(job) > 1:
+            await self._ensure(build_gang_service(job))
+        pods = build_gang(job, attempt, self.settings, p.deadline_left, p.run, p.image_id)
+        if p.create_indices is not None:
+            pods = [pods[i] for i in p.create_indices if i < len(pods)]
+        # The gang's pods at once; one refused fails the call, and the next plan adopts those created.
+        results = await asyncio.gather(*(self._ensure_pod(pod) for pod in pods), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        if any(results) and attempt == 1 and p.create_indices is None:
+            start = parse_time(p.run_start or body["metadata"]["creationTimestamp"])
+            metrics.CREATION_TO_POD.observe(max(0.0, (now - start).total_seconds()))
+
+    async def _ensure_pod(self, pod: dict[str, Any]) -> bool:
         try:
-            created = await self._ensure(pod)
+            return await self._ensure(pod)
         except ApiError as err:
             if err.status in (403, 422):
                 kind = PodRejected if err.status == 422 else PodRefused
                 raise kind(err.status, "POST", pod["metadata"]["name"], err.reason, err.message) from err
             raise
-        if created and attempt == 1:
-            start = parse_time(p.run_start or body["metadata"]["creationTimestamp"])
-            metrics.CREATION_TO_POD.observe(max(0.0, (now - start).total_seconds()))
 
     async def _ensure(self, obj: dict[str, Any]) -> bool:
         """Create `obj`; True if this call created it. AlreadyExists is success: a ConfigMap or Secret is
@@ -381,7 +396,9 @@ class Reconciler:
             if err.reason != "AlreadyExists":
                 raise
         if obj["kind"] != "Pod":
-            patch = {"metadata": {k: meta[k] for k in ("labels", "ownerReferences")}, "data": obj["data"]}
+            patch = {"metadata": {k: meta[k] for k in ("labels", "ownerReferences")}}
+            if "data" in obj:
+                patch["data"] = obj["data"]
             await self.kube.patch(meta["namespace"], obj["kind"], meta["name"], patch)
             return False
         existing = await self.kube.get(meta["namespace"], "pods", meta["name"])

@@ -1080,6 +1080,14 @@ class _PodWorker(threading.Thread):
             elif not ref.get("optional"):
                 kind = "Secret" if ref_key == "secretKeyRef" else "ConfigMap"  # the kubelet's words
                 raise _NotReady(f"couldn't find key {ref['key']} in {kind} {self.namespace}/{ref['name']}")
+        subdomain = self.pod["spec"].get("subdomain")
+        if subdomain:
+            # Deviation: stands in for the cluster DNS, which resolves `<hostname>.<subdomain>` of a pod behind a
+            # headless Service to that pod's IP. Every pod here runs on this machine at 127.0.0.1, so such names
+            # in the env values (e.g. torchrun's PET_RDZV_ENDPOINT) become 127.0.0.1 for the process started.
+            # /etc/hosts is not touched.
+            name = re.compile(rf"\b[a-z0-9]([-a-z0-9]*[a-z0-9])?\.{re.escape(subdomain)}(?![-a-z0-9.])")
+            declared = {k: name.sub("127.0.0.1", v) for k, v in declared.items()}
         return env, declared
 
     def _path_map(self, c: dict) -> PathMap:
