@@ -1,12 +1,15 @@
 """The FineTuneJob state machine as one pure function:
 
-    plan(Observed(job body, its pods, now, latest progress, runtime)) -> Plan(status, pod to create,
+    plan(Observed(job body, its pods, now, latest progress, runtime)) -> Plan(status, gang to create,
                                                                            pods to delete, events, requeue)
 
-Everything is derived from what is observed (the stored status and the pods' own state), so a restarted
-operator reaches the same decisions: a pod of a newer attempt than the status knows is adopted, a failure
-already accounted for (status.nextAttemptTime set) is not counted twice, a pod that finished while the
-operator was down still yields its result. The reconciler (reconciler.py) does the I/O.
+An attempt is a gang of pods (one, or spec.resources.nodes), folded into one state by gang.py; the plan
+decides on the gang, never on one of its pods. Everything is derived from what is observed (the stored
+status and the pods' own state), so a restarted operator reaches the same decisions: a pod of a newer
+attempt than the status knows is adopted (and its gang completed), a failure already accounted for
+(status.nextAttemptTime set) is not counted twice, a pod that finished while the operator was down still
+yields its result. outcome.py writes a finished gang's result into the status; the reconciler
+(reconciler.py) does the I/O.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import Any
 
 from kubetune_api import ConditionType as C
 from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
-from kubetune_api.status import Artifacts, Progress, is_true, now_rfc3339
+from kubetune_api.status import Progress, is_true, now_rfc3339
 
 from . import stuck
 from .builders import gang_pod_names, pod_name, world_size
-from .conditions import Event, eval_summary, headline, parse_time, read_status, transition_events
+from .conditions import Event, headline, parse_time, read_status, transition_events
 from .gang import Gang, describe, fold
 from .observe import PodView, Stage, view_pod
+from .outcome import record_success
 from .validation import resolve
 
 # How soon to look again while waiting for something no event announces (a pod still being deleted).
@@ -412,36 +416,6 @@ class _Planner:
         self.st.completion_time, self.st.next_attempt_time = self.stamp, None
         self.delete(self.members())
 
-    def succeed(self, job: FineTuneJob, pod: Gang) -> None:
-        result = pod.result
-        reason = result.reason if result and result.reason == Reason.ALREADY_COMPLETE else Reason.COMPLETED
-        attempts = f"{self.st.attempts} attempt" + ("s" if self.st.attempts != 1 else "")
-        self.cond(C.SUCCEEDED, True, reason, (result.message if result else "") or f"trained in {attempts}")
-        self.cond(C.RUNNING, False, Reason.COMPLETED, f"{pod.what} completed")
-        self.st.completion_time, self.st.next_attempt_time = pod.finished or self.stamp, None
-        progress = self.obs.progress or self.st.progress or Progress()
-        done: dict[str, Any] = {"percent": 100, "stage": "done"}
-        if result is not None and result.step is not None:  # the last reports may never have reached us
-            done.update(step=max(progress.step, result.step), total_steps=result.total_steps or progress.total_steps)
-        self.st.progress = progress.model_copy(update=done)
-        if result is None:
-            self.cond(C.EVALUATION_PASSED, "Unknown", Reason.COMPLETED, "the trainer reported no result")
-            return
-        self.st.metrics, self.st.base_metrics = dict(result.metrics), dict(result.base_metrics)
-        known = {k: v for k, v in result.artifacts.items() if k in Artifacts.model_fields}
-        self.st.artifacts = Artifacts(**{"root": job.artifact_root(), **known})
-        gate = job.spec.evaluation.gate
-        self.st.eval_summary = eval_summary(self.st.metrics, self.st.base_metrics, gate.metric if gate else None)
-        if result.gate_passed is None:
-            self.cond(C.EVALUATION_PASSED, True, Reason.NO_GATE, result.gate_message or "no evaluation gate is set")
-        elif result.gate_passed:
-            self.cond(C.EVALUATION_PASSED, True, Reason.GATE_PASSED, result.gate_message or "the gate passed")
-        else:
-            self.cond(C.EVALUATION_PASSED, False, Reason.GATE_FAILED, result.gate_message or "the gate failed")
-        if result.serving_compatible is not None:  # runs stored before the serving check carry none
-            self.cond(C.SERVING_COMPATIBLE, result.serving_compatible, result.serving_reason or Reason.SERVABLE,
-                      result.serving_message or "")
-        if result.tracked is not None:
-            self.cond(C.TRACKED, result.tracked, Reason.LOGGED if result.tracked else Reason.TRACKER_UNAVAILABLE,
-                      result.tracking_message or "")
-
+    def succeed(self, job: FineTuneJob, gang: Gang) -> None:
+        self.st.completion_time, self.st.next_attempt_time = gang.finished or self.stamp, None
+        record_success(self.st, self.cond, job, gang, self.obs.progress)

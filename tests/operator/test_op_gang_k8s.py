@@ -10,9 +10,9 @@ import time
 
 import pytest
 from clusterkit import events, get_job, pod_names, wait_condition
-from k8s.cluster import LocalCluster
 from test_op_training import BUCKET, manifest, s3_secret, tiny_s3  # noqa: F401 - tiny_s3 is a fixture
 
+from k8s.cluster import LocalCluster
 from kubetune_api import parse_job
 
 pytestmark = [pytest.mark.k8s, pytest.mark.s3]
