@@ -159,3 +159,13 @@ def test_suspend_and_the_deadline_stop_every_pod_of_the_gang():
     p, timed = reconcile(timed)
     p, timed = reconcile(timed, [running(timed, 1, 0), running(timed, 1, 1)], now=61)
     assert cond(timed, C.FAILED).reason == Reason.DEADLINE_EXCEEDED and sorted(p.delete) == ["demo-1-0", "demo-1-1"]
+
+
+def test_ttl_removes_every_pod_of_a_finished_gang():
+    body = gang_job(ttlSecondsAfterFinished=10)
+    _, body = reconcile(body)
+    pods = [ended(body, 1, i, 0, "Completed", result_message(), finished=50) for i in range(2)]
+    p, body = reconcile(body, pods, now=51)
+    assert cond(body, C.SUCCEEDED).status == "True" and not p.cleanup
+    p, _ = reconcile(body, pods, now=61)
+    assert p.cleanup and sorted(p.delete) == ["demo-1-0", "demo-1-1"]
