@@ -7,7 +7,8 @@ The rules, in order:
 
 * Failed: a pod failed, or a pod is gone while another has ended (its ranks cannot finish without it). The
   cause named in the status is a permanent failure if there is one (the job fails once), else the pod that
-  was lost or disrupted (no retry used: the others stopped because of it), else the pod that failed first.
+  was lost, deleted or disrupted (no retry used: the others stopped because of it), else the pod that
+  failed first.
 * Missing pods while none has ended (the operator was stopped while creating the gang, or Kueue removed a
   pod before admission): `missing` lists them; the plan creates them under their names again.
 * Terminating: a pod is being deleted.
@@ -131,6 +132,13 @@ def _cause(gang: Gang, failed: list[PodView]) -> PodView:
                        message=f"pod {lost} was deleted before the gang finished",
                        finished=by_time[0].finished if by_time else None,
                        index=gang.missing_indices[0], gang_size=gang.size)
+    # A pod being deleted while another failed: deleted by someone else (the plan deletes the others only
+    # once the failure is accounted for), and its SIGTERM is what stopped the others.
+    deleted = [m for m in gang.members if m.stage is Stage.TERMINATING]
+    if deleted:
+        return replace(deleted[0], stage=Stage.FAILED, reason=Reason.PREEMPTED, retryable=True,
+                       message=f"pod {deleted[0].name} was deleted before the gang finished",
+                       finished=by_time[0].finished if by_time else None)
     # Failed pods only: a disrupted one stopped the others (its SIGTERM stops every rank after the same step).
     disrupted = [m for m in by_time if m.reason == Reason.PREEMPTED]
     return _named(gang, (disrupted or by_time)[0])

@@ -107,6 +107,16 @@ def test_a_pod_lost_while_the_gang_trains_ends_the_attempt_without_a_retry_and_n
     assert p.create_attempt == 2, "the next gang starts at once: a disruption uses no retry"
 
 
+def test_a_pod_being_deleted_while_its_peer_stops_is_the_cause_not_the_peer():
+    body = started()
+    _, body = reconcile(body, [running(body, 1, 0), running(body, 1, 1)], now=5)
+    pods = [ended(body, 1, 0, 15, finished=40), member(body, 1, 1, "Running", deleting=True,
+                                                       container={"running": {"startedAt": stamp(2)}})]
+    p, body = reconcile(body, pods, now=41)
+    assert Reason.PREEMPTED in reasons(p) and body["status"]["retries"] == 0
+    assert any("pod demo-1-1 was deleted before the gang finished" in e.message for e in p.events)
+
+
 def test_an_operator_stopped_mid_gang_adopts_the_pods_and_completes_the_same_attempt():
     """The pods are created before the status is written: after a crash between pod 0 and pod 1 the status
     knows no attempt; the plan adopts pod 0 and creates only pod 1, never a second gang."""
