@@ -24,7 +24,7 @@ from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
 from kubetune_api.status import Progress, is_true, now_rfc3339
 
 from . import stuck
-from .builders import gang_pod_names, pod_name, world_size
+from .builders import gang_pod_names, pod_name, processes_per_pod, world_size
 from .conditions import Event, headline, parse_time, read_status, transition_events
 from .gang import Gang, describe, fold
 from .observe import PodView, Stage, view_pod
@@ -163,7 +163,7 @@ class _Planner:
         # An earlier run's pod may still be running a stale spec; finished ones stay for `kubectl logs`.
         self.delete([v for v in self.views if v.active and v not in ours])
         if not self.finished():
-            self.adopt()
+            self.adopt(job)
             self.step(job)
         if self.finished():
             self.settle(job)
@@ -222,13 +222,14 @@ class _Planner:
             self.out.cleanup = True
             self.delete(list(self.views))
 
-    def adopt(self) -> None:
+    def adopt(self, job: FineTuneJob) -> None:
         """A pod of a newer attempt than the status records was created just before an operator restart."""
         top = max(self.mine, default=0)
         if top > self.st.attempts:
             gang = self.mine[top]
-            first = pod_name(self.obs.body["metadata"]["name"], top, self.st.run, 0 if gang.size > 1 else None)
+            first = pod_name(job.metadata.name, top, self.st.run, 0 if gang.size > 1 else None)
             self.st.attempts, self.st.pod_name, self.st.next_attempt_time = top, first, None
+            self.st.world_size = gang.size * processes_per_pod(job)
             self.st.start_time = self.st.start_time or min(m.created or self.stamp for m in gang.members)
 
     def step(self, job: FineTuneJob) -> None:

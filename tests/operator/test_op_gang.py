@@ -126,6 +126,7 @@ def test_an_operator_stopped_mid_gang_adopts_the_pods_and_completes_the_same_att
     p, after = reconcile(body, [member(body, 1, 0)], now=3)
     assert (p.create_attempt, p.create_indices) == (1, [1])
     assert after["status"]["attempts"] == 1 and after["status"]["podName"] == "demo-1-0"
+    assert after["status"]["worldSize"] == 4
     p, _ = reconcile(after, [member(body, 1, 0), member(body, 1, 1)], now=4)
     assert p.create_attempt is None
 
