@@ -268,13 +268,15 @@ class _Planner:
 
     # -------------------------------------------------------------- transitions
 
-    def start_attempt(self, job: FineTuneJob, resume: bool = False) -> None:
+    def start_attempt(self, job: FineTuneJob, resume: bool = False, after: str = "") -> None:
         """Create the next pod, but never while another pod of this job may still be running, and never
         under a name a pod being deleted still holds."""
         attempt = self.st.attempts + 1
         names = gang_pod_names(job, attempt, self.st.run)
         name, pods = names[0], describe(names)
         if self.out.delete or self.orphans or any(v.active or v.deleting for v in self.views):
+            if after:  # the cause stays in the status while the attempt's other pods stop
+                self.cond(C.RUNNING, False, Reason.WAITING, f"stopping the pods of attempt {attempt - 1}{after}")
             self.out.wait(RECHECK_SECONDS)
             return
         if self.obs.rejected is not None:
@@ -298,7 +300,7 @@ class _Planner:
             self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resuming from the last checkpoint")
         self.st.start_time = self.st.start_time or self.stamp
         self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"created {pods} (attempt {attempt}); waiting for a node")
-        self.cond(C.RUNNING, False, Reason.WAITING, f"{pods} {'is' if len(names) == 1 else 'are'} pending")
+        self.cond(C.RUNNING, False, Reason.WAITING, f"{pods} {'is' if len(names) == 1 else 'are'} pending{after}")
         self.out.image_id = self.st.trainer_image_id
         deadline = job.spec.active_deadline_seconds
         if deadline:
@@ -395,7 +397,7 @@ class _Planner:
             self.st.next_attempt_time = self.stamp
             self.out.events.append(Event("Warning", reason, f"attempt {attempt} was disrupted ({message}); "
                                                             "starting the next attempt, no retry used"))
-            self.start_attempt(job)
+            self.start_attempt(job, after=f" (attempt {attempt} was disrupted: {message})")
             return
         if not retryable:
             self.fail(reason, what)

@@ -105,6 +105,8 @@ def test_a_pod_lost_while_the_gang_trains_ends_the_attempt_without_a_retry_and_n
     assert Reason.PREEMPTED in reasons(p) and body["status"]["retries"] == 0
     assert any("pod demo-1-1 was deleted before the gang finished" in e.message for e in p.events)
     assert p.create_attempt == 2, "the next gang starts at once: a disruption uses no retry"
+    assert cond(body, C.RUNNING).message == ("pods demo-2-0, demo-2-1 are pending (attempt 1 was disrupted: "
+                                             "pod demo-1-1 was deleted before the gang finished)")
 
 
 def test_a_pod_being_deleted_while_its_peer_stops_is_the_cause_not_the_peer():
@@ -115,6 +117,8 @@ def test_a_pod_being_deleted_while_its_peer_stops_is_the_cause_not_the_peer():
     p, body = reconcile(body, pods, now=41)
     assert Reason.PREEMPTED in reasons(p) and body["status"]["retries"] == 0
     assert any("pod demo-1-1 was deleted before the gang finished" in e.message for e in p.events)
+    assert cond(body, C.RUNNING).message == ("stopping the pods of attempt 1 (attempt 1 was disrupted: "
+                                             "pod demo-1-1 was deleted before the gang finished)")
 
 
 def test_an_operator_stopped_mid_gang_adopts_the_pods_and_completes_the_same_attempt():
