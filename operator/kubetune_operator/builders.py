@@ -215,7 +215,7 @@ def _torchrun_env(job: FineTuneJob, attempt: int, run: int, index: int | None) -
         first = pod_name(job.metadata.name, attempt, run, 0)
         env += [
             {"name": "PET_NNODES", "value": str(gang_size(job))},
-            # Used by torchrun's static rendezvous only; c10d numbers the nodes itself as they join.
+            # Read by torchrun's static rendezvous only; c10d assigns the node ranks itself (by agent address).
             {"name": "PET_NODE_RANK", "value": str(index)},
             {"name": "PET_RDZV_BACKEND", "value": "c10d"},
             {"name": "PET_RDZV_ENDPOINT", "value": f"{first}.{gang_service_name(job.metadata.name)}:{RDZV_PORT}"},
