@@ -98,9 +98,14 @@ def test_a_pod_killed_mid_run_restarts_the_gang_and_every_rank_resumes(kube_clus
         _wait_for("a checkpoint of attempt 1", checkpointed, 400)
         kube_cluster.request("DELETE", f"/api/v1/namespaces/{ns}/pods/kill-1-1")
         job = wait_condition(kube_cluster, ns, "kill", "Succeeded", timeout=500)
+        _check_restarted_gang(kube_cluster, ns, job, tiny_s3, root)
     except Exception:
         print(logs(node_agent, ns, ["kill-1-0", "kill-1-1", "kill-2-0", "kill-2-1"]))
+        print("\n".join(f"{e['reason']}: {e['message']}" for e in events(kube_cluster, ns, "kill")))
         raise
+
+
+def _check_restarted_gang(kube_cluster, ns: str, job: dict, s3, root: str) -> None:
     st = job["status"]
     assert st["attempts"] == 2 and st["retries"] == 0, "a lost pod is a disruption: no retry used"
     names = pod_names(kube_cluster, ns)
@@ -108,9 +113,9 @@ def test_a_pod_killed_mid_run_restarts_the_gang_and_every_rank_resumes(kube_clus
     assert "kill-1-1" not in names and not any(n.startswith("kill-3") for n in names), "one gang per attempt"
     preempted = [e["message"] for e in events(kube_cluster, ns, "kill") if e["reason"] == "Preempted"]
     assert preempted and "kill-1-1" in preempted[0], "the status and events name the lost pod"
-    metrics = json.loads(read(tiny_s3, root + "metrics.json"))
+    metrics = json.loads(read(s3, root + "metrics.json"))
     assert (metrics["training"]["resumedFrom"] or 0) >= 1, "the second gang resumed from the checkpoint"
-    listing = tiny_s3.client().list_objects_v2(Bucket=BUCKET, Prefix=root.removeprefix(f"s3://{BUCKET}/"))
+    listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=root.removeprefix(f"s3://{BUCKET}/"))
     adapters = [o["Key"] for o in listing.get("Contents", []) if o["Key"].endswith("adapter_model.safetensors")]
     assert len(adapters) == 1, adapters
 
