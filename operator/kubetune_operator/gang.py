@@ -5,12 +5,14 @@ torchrun's c10d rendezvous) folded into one state, so plan.py decides on the att
 
 The rules, in order:
 
-* Failed: a pod failed, or a pod is gone while another has ended (its ranks cannot finish without it). The
+* Failed: a pod failed, or a pod is gone once the gang has run whole (the status said Running) or while
+  another pod has ended (its ranks cannot finish without it). The
   cause named in the status is a permanent failure if there is one (the job fails once), else the pod that
   was lost, deleted or disrupted (no retry used: the others stopped because of it), else the pod that
   failed first.
-* Missing pods while none has ended (the operator was stopped while creating the gang, or Kueue removed a
-  pod before admission): `missing` lists them; the plan creates them under their names again.
+* Missing pods before the gang ever ran whole, while none has ended (the operator was stopped while
+  creating the gang, or Kueue removed a pod before admission): `missing` lists them; the plan creates them
+  under their names again.
 * Terminating: a pod is being deleted.
 * Succeeded: every pod succeeded; the result is the writer's (torchrun's rank 0, on whichever pod the
   rendezvous put it), the one that reports artefacts.
@@ -78,9 +80,10 @@ def describe(names: list[str]) -> str:
     return f"pods {', '.join(shown)}" + (f" ({len(names)})" if len(names) > 4 else "")
 
 
-def fold(views: list[PodView], names: list[str], nodes: dict[str, dict[str, Any]] | None = None) -> Gang | None:
+def fold(views: list[PodView], names: list[str], nodes: dict[str, dict[str, Any]] | None = None,
+         ran: bool = False) -> Gang | None:
     """The gang of one attempt whose pods are `names` (by index), from the views of those that exist; None
-    when none exists."""
+    when none exists. `ran`: the status has seen this gang running whole (a pod missing since was lost)."""
     if not views:
         return None
     members = tuple(sorted(views, key=lambda v: v.index))
@@ -88,14 +91,14 @@ def fold(views: list[PodView], names: list[str], nodes: dict[str, dict[str, Any]
     missing = tuple(n for n in names if n not in present)
     gang = Gang(attempt=members[0].attempt, size=len(names), members=members, missing=missing,
                 missing_indices=tuple(i for i, n in enumerate(names) if n not in present), lead=members[0])
-    return replace(gang, lead=_lead(gang, nodes or {}))
+    return replace(gang, lead=_lead(gang, nodes or {}, ran))
 
 
-def _lead(gang: Gang, nodes: dict[str, dict[str, Any]]) -> PodView:
+def _lead(gang: Gang, nodes: dict[str, dict[str, Any]], ran: bool) -> PodView:
     members = gang.members
     failed = [m for m in members if m.stage is Stage.FAILED]
     ended = failed or any(m.stage in (Stage.SUCCEEDED, Stage.TERMINATING) or m.deleting for m in members)
-    if failed or (gang.missing and ended):
+    if failed or (gang.missing and (ended or ran)):
         return _cause(gang, failed)
     if gang.missing:
         return members[0]

@@ -176,7 +176,10 @@ class _Planner:
             size = max(v.gang_size for v in members)
             names = ([pod_name(job.metadata.name, attempt, self.st.run)] if size == 1 else
                      [pod_name(job.metadata.name, attempt, self.st.run, i) for i in range(size)])
-            out[attempt] = fold(members, names, self.obs.nodes)
+            # Running True (or Unknown: its node stopped reporting) was only ever set with every pod running.
+            ran = attempt == self.st.attempts and any(
+                c.type == C.RUNNING and c.status != "False" for c in self.st.conditions)
+            out[attempt] = fold(members, names, self.obs.nodes, ran)
         return out
 
     def members(self, active: bool = True) -> list[PodView]:

@@ -121,6 +121,17 @@ def test_a_pod_being_deleted_while_its_peer_stops_is_the_cause_not_the_peer():
                                              "pod demo-1-1 was deleted before the gang finished)")
 
 
+def test_a_pod_that_vanishes_while_the_whole_gang_trains_is_lost_not_recreated():
+    """The pod was deleted and gone before its peer stopped: once the gang ran whole, a missing pod can
+    only have been lost, and recreating it into a finished rendezvous would help nobody."""
+    body = started()
+    _, body = reconcile(body, [running(body, 1, 0), running(body, 1, 1)], now=5)
+    p, body = reconcile(body, [running(body, 1, 0)], now=41)
+    assert p.create_attempt is None and p.delete == ["demo-1-0"]
+    assert Reason.PREEMPTED in reasons(p) and body["status"]["retries"] == 0
+    assert "pod demo-1-1 was deleted before the gang finished" in cond(body, C.RUNNING).message
+
+
 def test_an_operator_stopped_mid_gang_adopts_the_pods_and_completes_the_same_attempt():
     """The pods are created before the status is written: after a crash between pod 0 and pod 1 the status
     knows no attempt; the plan adopts pod 0 and creates only pod 1, never a second gang."""
