@@ -1,6 +1,7 @@
 """Operator scale on the real API server (issue 6, item 3).
 
     .venv/bin/python bench/operator_scale.py [--sizes 50 200 500] [--steady 180] [--json out.json]
+    .venv/bin/python bench/operator_scale.py --sizes --gang 100x4      # the gang case only
 
 What runs, all on loopback: a LocalCluster (kube-apiserver v1.20 + controller-manager + etcd, tests/k8s)
 with audit logging, the CRDs from crds/, the chart's ServiceAccount and RBAC (rendered with helm, so the
@@ -22,6 +23,10 @@ then
 * steady state: operator requests per running job per minute over `--steady` seconds with all N jobs
   Running. No trainer runs, so there are no progress reports and none of these requests is a progress
   status patch (which the target excludes).
+
+`--gang NxP` adds the gang case (bench/gang_case.py): N FineTuneJobs of `resources.nodes: P`, and in the same
+run N batch/v1 Jobs of P pods made by Kubernetes' own Job controller as the baseline; the time until every
+one of the N x P pods exists, and the operator's time as a ratio to the Job controller's.
 
 The targets of issue 6 at 500 jobs are the baseline column. The operator has no settings flag that turns
 its work queue or batching off, so there is no "naive" run to compare against (a second operator written
@@ -55,6 +60,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from gang_case import GangResult, gang_table, run_gang_case  # noqa: E402
+
 from k8s.cluster import LocalCluster, free_port, missing_tools  # noqa: E402
 from k8s.process import LoggedProcess  # noqa: E402
 
@@ -83,6 +90,8 @@ def audit_policy(operator_user: str) -> str:
         "rules": [
             {"level": "Metadata", "users": [operator_user]},
             {"level": "Metadata", "verbs": ["create"], "resources": [{"group": GROUP, "resources": ["finetunejobs"]}]},
+            # Pod creations by anyone: the gang case times Kubernetes' Job controller the same way.
+            {"level": "Metadata", "verbs": ["create"], "resources": [{"group": "", "resources": ["pods"]}]},
             {"level": "None"},
         ],
     })
@@ -472,7 +481,9 @@ def verdict(results: list[Result]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 500])
+    p.add_argument("--sizes", type=int, nargs="*", default=[50, 200, 500])
+    p.add_argument("--gang", metavar="NxP", help="also N FineTuneJobs of P pods each (resources.nodes) against "
+                   "N batch/v1 Jobs of P pods (Kubernetes' Job controller), e.g. 100x4")
     p.add_argument("--steady", type=float, default=180, help="seconds of steady state per size")
     p.add_argument("--create", choices=["parallel", "kubectl"], default="parallel",
                    help=f"how the N jobs are created: POSTs over {CREATORS} connections, or one `kubectl apply -f`")
@@ -499,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     cluster, audit = start_cluster(workdir, user)
     agent = None
     results: list[Result] = []
+    gangs: list[GangResult] = []
     try:
         _, kubeconfig = operator_identity(cluster, workdir)
         agent = start_node_agent(cluster, workdir)
@@ -509,6 +521,11 @@ def main(argv: list[str] | None = None) -> None:
             r = results[-1]
             print(f"N={n}: every pod after {r.all_pods_s:.1f} s, peak RSS {r.rss_peak_mb:.0f} MB, "
                   f"{r.requests_per_job:.1f} requests/job, steady {r.steady_per_job_min:.3f}/job/min", flush=True)
+        if args.gang:
+            jobs, pods = (int(x) for x in args.gang.lower().split("x"))
+            print(f"gang {jobs}x{pods}: Kubernetes' Job controller, then the operator...", flush=True)
+            gangs.append(run_gang_case(bench, jobs, pods, SPEC, CREATORS, Operator))
+            print(gang_table(gangs), flush=True)
     finally:
         if agent is not None:
             agent.terminate()
@@ -516,18 +533,22 @@ def main(argv: list[str] | None = None) -> None:
                 agent.wait(30)
         cluster.keep_dir = args.keep
         cluster.stop()
-    print()
-    print(table(results))
-    print()
-    for r in results:
-        print(breakdown(r))
-    print()
-    print(verdict(results))
+    if results:
+        print()
+        print(table(results))
+        print()
+        for r in results:
+            print(breakdown(r))
+        print()
+        print(verdict(results))
+    if gangs:
+        print()
+        print(gang_table(gangs))
     if args.json:
         args.json.write_text(json.dumps([{**r.__dict__, "requests_per_job": r.requests_per_job,
                                           "steady_per_job_min": r.steady_per_job_min,
                                           "p50": r.pct(0.5), "p99": r.pct(0.99), "max": r.pct(1.0)}
-                                         for r in results], indent=1))
+                                         for r in results] + [{**g.__dict__, "ratio": g.ratio} for g in gangs], indent=1))
     if not args.keep:
         import shutil
 

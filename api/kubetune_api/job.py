@@ -58,6 +58,15 @@ class FineTuneJob(ApiModel):
     def spec_hash(self) -> str:
         return spec_hash(self.spec)
 
+    def in_cluster_errors(self) -> list[str]:
+        """The spec's in-cluster rules, plus those on the name: a gang's headless Service is named after the job,
+        and Service names must start with a letter (DNS-1035)."""
+        errors = self.spec.in_cluster_errors()
+        if self.spec.resources.nodes > 1 and not self.metadata.name[:1].isalpha():
+            errors.append(f"metadata.name: {self.metadata.name!r} must start with a letter when "
+                          f"spec.resources.nodes is more than 1 (the gang's headless Service is named after the job)")
+        return errors
+
     def artifact_root(self) -> str:
         """{output.uri}/{namespace}/{name}/{specHash}/ — a run writes only below it."""
         base = self.spec.output.uri.rstrip("/")

@@ -544,10 +544,21 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
 
 
+# Pods of one multi-node gang: far beyond what a LoRA run needs, and small enough that every pod's name stays
+# a DNS label (`<pod name>-<index>`).
+MAX_NODES = 64
+
+
 class ResourcesSpec(ApiModel):
     """Compute resources and placement of the trainer pod."""
 
     gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu count; 0 trains on CPU. Default: 1.")
+    nodes: int = Field(
+        default=1, ge=1, le=MAX_NODES,
+        description="Pods (one per node) that train together as one gang, each with `gpus` GPUs and one "
+        "training process per GPU, joined by torchrun's c10d rendezvous; world size = nodes x gpus. Any pod "
+        "failing ends the whole attempt. Default: 1 (one pod).",
+    )
     gpu_product: str | None = Field(
         default=None, max_length=63, pattern=LABEL_VALUE,
         description="Required GPU model, matched against the node label nvidia.com/gpu.product, so it must "
@@ -657,6 +668,15 @@ class FineTuneJobSpec(ApiModel):
             uris["spec.evaluation.regression.uri"] = self.evaluation.regression.uri
         uris["spec.output.uri"] = self.output.uri
         return uris
+
+    def local_errors(self) -> list[str]:
+        """Rules for `kubetune run` (one machine, no operator): what only a cluster can do. One line per
+        problem, starting with the field path."""
+        if self.resources.nodes > 1:
+            return [f"spec.resources.nodes: {self.resources.nodes} pods need a cluster (the operator builds the "
+                    "gang); `kubetune run` trains on this machine only: use nodes 1 here, or apply the manifest "
+                    "with kubectl"]
+        return []
 
     def in_cluster_errors(self) -> list[str]:
         """Rules for a job run by the operator rather than `kubetune run`: a path relative to the manifest

@@ -151,8 +151,9 @@ class FineTuneJobStatus(ApiModel):
         "bits behind the adapter, also passed to later attempts for lineage.json.",
     )
     world_size: int | None = Field(
-        default=None, description="Training processes of the current or last pod: one per GPU, under torchrun "
-        "when more than one (WORLD_SIZE); spec.training.batchSize is per process."
+        default=None, description="Training processes of the current or last attempt: one per GPU in each of "
+        "its spec.resources.nodes pods (nodes x gpus), under torchrun when more than one (WORLD_SIZE); "
+        "spec.training.batchSize is per process."
     )
     start_time: str | None = Field(default=None, description="When the first pod of this run was created.")
     completion_time: str | None = Field(default=None, description="When the job succeeded or failed.")

@@ -20,6 +20,14 @@ HASH_LABEL = f"{GROUP}/spec-hash"
 RUN_LABEL = f"{GROUP}/run"
 # Kueue admits workloads by this label; it is copied from the FineTuneJob to its pods.
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue's plain-pod groups: the pods of one gang are admitted together (all or none).
+POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+POD_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+# A gang pod's place in its gang (0..nodes-1) and the gang's size, as created (resources can change mid-run).
+GANG_INDEX_LABEL = f"{GROUP}/gang-index"
+GANG_SIZE_LABEL = f"{GROUP}/gang-size"
+# torchrun's c10d rendezvous port (its default), served by the agent of the pod at the endpoint.
+RDZV_PORT = 29400
 CONTAINER = "trainer"
 TRAINER_COMMAND = ["kubetune", "train"]
 CONFIG_DIR, CONFIG_KEY = DEFAULT_CONFIG_PATH.rsplit("/", 1)
@@ -32,10 +40,30 @@ TRAINER_UID = 1000
 GRACE_SECONDS = 60
 
 
-def pod_name(job_name: str, attempt: int, run: int = 1) -> str:
+def pod_name(job_name: str, attempt: int, run: int = 1, index: int | None = None) -> str:
     """`<name>-<attempt>` in the first run, `<name>-r<run>-<attempt>` after a spec change: a new run never
-    takes the name (nor deletes the pod and logs) of an earlier run's pod."""
-    return f"{job_name}-{attempt}" if run <= 1 else f"{job_name}-r{run}-{attempt}"
+    takes the name (nor deletes the pod and logs) of an earlier run's pod. The pods of a multi-node gang add
+    their index: `<name>-<attempt>-<index>`."""
+    base = f"{job_name}-{attempt}" if run <= 1 else f"{job_name}-r{run}-{attempt}"
+    return base if index is None else f"{base}-{index}"
+
+
+def gang_size(job: FineTuneJob) -> int:
+    """Pods per attempt (spec.resources.nodes)."""
+    return job.spec.resources.nodes
+
+
+def gang_pod_names(job: FineTuneJob, attempt: int, run: int = 1) -> list[str]:
+    """The pod names of one attempt: one pod as before, or `<attempt's pod name>-<index>` for a gang."""
+    name = job.metadata.name
+    if gang_size(job) == 1:
+        return [pod_name(name, attempt, run)]
+    return [pod_name(name, attempt, run, i) for i in range(gang_size(job))]
+
+
+def gang_service_name(job_name: str) -> str:
+    """The job's headless Service: the DNS domain of its gang pods (`<pod name>.<service>`)."""
+    return f"{job_name}-gang"
 
 
 def config_map_name(job_name: str) -> str:
@@ -92,6 +120,8 @@ def trainer_manifest(job: FineTuneJob) -> dict[str, Any]:
     image built from another API version still runs exactly what the operator validated and hashed."""
     spec = job.spec.to_wire()
     spec.pop("runtimeRef", None)  # already merged in by the operator; the trainer cannot read runtimes
+    if spec["resources"].get("nodes") == 1:  # left out at its default: trainer images older than it still run
+        del spec["resources"]["nodes"]
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -126,7 +156,8 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _env(job: FineTuneJob, attempt: int, settings: Settings, image_id: str | None = None) -> list[dict[str, Any]]:
+def _env(job: FineTuneJob, attempt: int, settings: Settings, image_id: str | None = None, run: int = 1,
+         index: int | None = None) -> list[dict[str, Any]]:
     spec = job.spec
     env: list[dict[str, Any]] = [
         {"name": Env.CONFIG, "value": DEFAULT_CONFIG_PATH},
@@ -158,27 +189,45 @@ def _env(job: FineTuneJob, attempt: int, settings: Settings, image_id: str | Non
                           (Env.MLFLOW_TRACKING_TOKEN, mlflow.token_key)):
             env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": mlflow.name, "key": key,
                                                                       "optional": True}}})
-    return env + _torchrun_env(job)
+    return env + _torchrun_env(job, attempt, run, index)
 
 
-def world_size(job: FineTuneJob) -> int:
-    """Training processes in the pod: one per GPU (one on CPU)."""
+def processes_per_pod(job: FineTuneJob) -> int:
+    """Training processes in one pod: one per GPU (one on CPU)."""
     return max(1, job.spec.resources.gpus)
 
 
-def _torchrun_env(job: FineTuneJob) -> list[dict[str, Any]]:
-    """With several GPUs `kubetune train` becomes torchrun's agent and starts one worker per GPU. The
-    settings are torchrun's own PET_* variables (`torchrun` reads each flag from PET_<FLAG>), so a
-    multi-node gang replaces PET_STANDALONE with PET_NNODES, PET_NODE_RANK and the rendezvous ones."""
+def world_size(job: FineTuneJob) -> int:
+    """Training processes of one attempt, all pods of the gang together."""
+    return gang_size(job) * processes_per_pod(job)
+
+
+def _torchrun_env(job: FineTuneJob, attempt: int, run: int, index: int | None) -> list[dict[str, Any]]:
+    """With several processes `kubetune train` becomes torchrun's agent and starts one worker per GPU. The
+    settings are torchrun's own PET_* variables (`torchrun` reads each flag from PET_<FLAG>). One pod is
+    torchrun --standalone; a gang's agents meet at pod 0's c10d rendezvous store, which assigns the ranks."""
     if world_size(job) == 1:
         return []
-    return [
-        {"name": "PET_NPROC_PER_NODE", "value": str(world_size(job))},
-        {"name": "PET_STANDALONE", "value": "1"},
-        # On SIGTERM the agent gives the workers this long to finish the step and checkpoint it, then
-        # kills them and writes the termination message before the kubelet's grace period ends.
-        {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(GRACE_SECONDS - 10)},
-    ]
+    env = [{"name": "PET_NPROC_PER_NODE", "value": str(processes_per_pod(job))}]
+    if index is None:
+        env.append({"name": "PET_STANDALONE", "value": "1"})
+    else:
+        first = pod_name(job.metadata.name, attempt, run, 0)
+        env += [
+            {"name": "PET_NNODES", "value": str(gang_size(job))},
+            # Read by torchrun's static rendezvous only; c10d assigns the node ranks itself (by agent address).
+            {"name": "PET_NODE_RANK", "value": str(index)},
+            {"name": "PET_RDZV_BACKEND", "value": "c10d"},
+            {"name": "PET_RDZV_ENDPOINT", "value": f"{first}.{gang_service_name(job.metadata.name)}:{RDZV_PORT}"},
+            # One rendezvous per attempt: agents of an earlier attempt never join this one.
+            {"name": "PET_RDZV_ID", "value": pod_name(job.metadata.name, attempt, run)},
+            # The address the other pods reach this one at (torchrun's default, the FQDN, may not resolve).
+            {"name": "PET_LOCAL_ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        ]
+    # On SIGTERM the agent gives the workers this long to finish the step and checkpoint it, then
+    # kills them and writes the termination message before the kubelet's grace period ends.
+    env.append({"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(GRACE_SECONDS - 10)})
+    return env
 
 
 def _resources(job: FineTuneJob) -> dict[str, Any]:
@@ -228,13 +277,13 @@ def _placement(job: FineTuneJob) -> dict[str, Any]:
 
 
 def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[dict[str, Any]],
-               image_id: str | None = None) -> dict[str, Any]:
+               image_id: str | None = None, run: int = 1, index: int | None = None) -> dict[str, Any]:
     return {
         "name": CONTAINER,
         "image": job.spec.image or settings.trainer_image,
         "imagePullPolicy": "IfNotPresent",
         "command": TRAINER_COMMAND,
-        "env": _env(job, attempt, settings, image_id),
+        "env": _env(job, attempt, settings, image_id, run, index),
         "resources": _resources(job),
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
@@ -251,11 +300,12 @@ def _container(job: FineTuneJob, attempt: int, settings: Settings, mounts: list[
 
 def build_trainer_pod(
     job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None, run: int = 1,
-    image_id: str | None = None,
+    image_id: str | None = None, index: int | None = None,
 ) -> dict[str, Any]:
-    """The trainer pod of `attempt` in `run` (`pod_name`). `active_deadline_seconds` is what is left of the
-    job's activeDeadlineSeconds (the caller knows the clock; this function does not); `image_id` is the
-    digest the kubelet reported for an earlier attempt (status.trainerImageID), for lineage.json."""
+    """The trainer pod of `attempt` in `run` (`pod_name`), or pod `index` of its gang when
+    spec.resources.nodes > 1 (`build_gang`). `active_deadline_seconds` is what is left of the job's
+    activeDeadlineSeconds (the caller knows the clock; this function does not); `image_id` is the digest
+    the kubelet reported for an earlier attempt (status.trainerImageID), for lineage.json."""
     volumes, mounts = _volumes(job)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -270,7 +320,7 @@ def build_trainer_pod(
             "fsGroup": TRAINER_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "containers": [_container(job, attempt, settings, mounts, image_id)],
+        "containers": [_container(job, attempt, settings, mounts, image_id, run, index)],
         "volumes": volumes,
         **_placement(job),
     }
@@ -278,9 +328,48 @@ def build_trainer_pod(
         spec["serviceAccountName"] = settings.trainer_service_account
     if active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = max(1, int(active_deadline_seconds))
+    metadata = _metadata(job, pod_name(job.metadata.name, attempt, run, index), attempt, run)
+    if index is not None:
+        _gang_member(job, attempt, run, index, metadata, spec)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}
+
+
+def _gang_member(job: FineTuneJob, attempt: int, run: int, index: int, metadata: dict[str, Any],
+                 spec: dict[str, Any]) -> None:
+    """What makes a pod one of a gang: its index and the gang's size, its DNS name `<pod name>.<service>`
+    (hostname and subdomain), and Kueue's pod group when the job is queued."""
+    metadata["labels"][GANG_INDEX_LABEL] = str(index)
+    metadata["labels"][GANG_SIZE_LABEL] = str(gang_size(job))
+    spec["hostname"] = metadata["name"]
+    spec["subdomain"] = gang_service_name(job.metadata.name)
+    if QUEUE_LABEL in metadata["labels"]:
+        metadata["labels"][POD_GROUP_LABEL] = pod_name(job.metadata.name, attempt, run)
+        metadata["annotations"] = {POD_GROUP_COUNT_ANNOTATION: str(gang_size(job))}
+
+
+def build_gang(
+    job: FineTuneJob, attempt: int, settings: Settings, active_deadline_seconds: int | None = None, run: int = 1,
+    image_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Every pod of one attempt: the one trainer pod, or the spec.resources.nodes pods of a gang (whose
+    headless Service is `build_gang_service`)."""
+    indices: list[int | None] = [None] if gang_size(job) == 1 else list(range(gang_size(job)))
+    return [build_trainer_pod(job, attempt, settings, active_deadline_seconds, run, image_id, i) for i in indices]
+
+
+def build_gang_service(job: FineTuneJob) -> dict[str, Any]:
+    """The headless Service that gives every gang pod of the job a DNS name, `<hostname>.<service>`, so the
+    pods find pod 0's rendezvous. One per job: hostnames carry the attempt, so the gangs of two attempts
+    never share a name. Addresses are published before the pods are ready (they have no readiness probe,
+    and the rendezvous happens while they start)."""
     return {
         "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _metadata(job, pod_name(job.metadata.name, attempt, run), attempt, run),
-        "spec": spec,
+        "kind": "Service",
+        "metadata": _metadata(job, gang_service_name(job.metadata.name)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_LABEL: job.metadata.name},
+            "ports": [{"name": "rendezvous", "port": RDZV_PORT, "targetPort": RDZV_PORT, "protocol": "TCP"}],
+        },
     }

@@ -237,4 +237,4 @@ class Kube:
 
 
 def _plural(obj: dict) -> str:
-    return {"Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets"}[obj["kind"]]
+    return {"Pod": "pods", "ConfigMap": "configmaps", "Secret": "secrets", "Service": "services"}[obj["kind"]]

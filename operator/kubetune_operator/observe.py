@@ -14,7 +14,7 @@ from enum import Enum
 from kubetune_api import ExitCode, Reason, TrainerResult
 from kubetune_api.results import exit_code_of
 
-from .builders import ATTEMPT_LABEL, CONTAINER, HASH_LABEL, RUN_LABEL
+from .builders import ATTEMPT_LABEL, CONTAINER, GANG_INDEX_LABEL, GANG_SIZE_LABEL, HASH_LABEL, RUN_LABEL
 
 # Pod-level reasons meaning the node or the cluster took the pod away, not the trainer failing.
 DISRUPTION_REASONS = ("Evicted", "Preempting", "NodeLost", "NodeShutdown", "Shutdown", "Terminated")
@@ -59,6 +59,8 @@ class PodView:
     finished: str | None = None
     result: TrainerResult | None = None
     image_id: str | None = None  # the kubelet's imageID of the trainer container (with the digest)
+    index: int = 0  # its place in its gang (gang.py)
+    gang_size: int = 1  # pods in its gang, as created
 
     @property
     def active(self) -> bool:
@@ -180,6 +182,8 @@ def view_pod(pod: dict) -> PodView:
         "created": meta.get("creationTimestamp"),
         "finished": term.get("finishedAt"),
         "image_id": _container_status(pod).get("imageID") or None,
+        "index": int(labels.get(GANG_INDEX_LABEL, "0") or 0),
+        "gang_size": int(labels.get(GANG_SIZE_LABEL, "1") or 1),
     }
     if status.get("phase") == "Failed":
         reason, retryable, message = failure_of(pod)

@@ -1,12 +1,15 @@
 """The FineTuneJob state machine as one pure function:
 
-    plan(Observed(job body, its pods, now, latest progress, runtime)) -> Plan(status, pod to create,
+    plan(Observed(job body, its pods, now, latest progress, runtime)) -> Plan(status, gang to create,
                                                                            pods to delete, events, requeue)
 
-Everything is derived from what is observed (the stored status and the pods' own state), so a restarted
-operator reaches the same decisions: a pod of a newer attempt than the status knows is adopted, a failure
-already accounted for (status.nextAttemptTime set) is not counted twice, a pod that finished while the
-operator was down still yields its result. The reconciler (reconciler.py) does the I/O.
+An attempt is a gang of pods (one, or spec.resources.nodes), folded into one state by gang.py; the plan
+decides on the gang, never on one of its pods. Everything is derived from what is observed (the stored
+status and the pods' own state), so a restarted operator reaches the same decisions: a pod of a newer
+attempt than the status knows is adopted (and its gang completed), a failure already accounted for
+(status.nextAttemptTime set) is not counted twice, a pod that finished while the operator was down still
+yields its result. outcome.py writes a finished gang's result into the status; the reconciler
+(reconciler.py) does the I/O.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from typing import Any
 
 from kubetune_api import ConditionType as C
 from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
-from kubetune_api.status import Artifacts, Progress, is_true, now_rfc3339
+from kubetune_api.status import Progress, is_true, now_rfc3339
 
 from . import stuck
-from .builders import pod_name, world_size
-from .conditions import Event, eval_summary, headline, parse_time, read_status, transition_events
+from .builders import gang_pod_names, pod_name, processes_per_pod, world_size
+from .conditions import Event, headline, parse_time, read_status, transition_events
 from .fits import fit_of
+from .gang import Gang, describe, fold
 from .observe import PodView, Stage, view_pod
+from .outcome import record_success
 from .validation import resolve
 
 # How soon to look again while waiting for something no event announces (a pod still being deleted).
@@ -50,7 +55,8 @@ class Observed:
 class Plan:
     job: FineTuneJob | None
     status: dict[str, Any] = field(default_factory=dict)  # the whole desired status (wire form)
-    create_attempt: int | None = None  # create pod <name>-<n> (with its ConfigMap and Secret) first
+    create_attempt: int | None = None  # create the pods of attempt n (with its ConfigMap and Secret) first
+    create_indices: list[int] | None = None  # only these pods of its gang (lost before it ran); None: all
     run: int = 1  # the run the pod to create belongs to
     image_id: str | None = None  # the image digest an earlier attempt ran, passed on for lineage.json
     run_start: str | None = None  # when the run of a first attempt was asked for (the start-up metric)
@@ -89,7 +95,7 @@ class _Planner:
         self.out.delete += [
             p["metadata"]["name"] for p in self.orphans if not p["metadata"].get("deletionTimestamp")
         ]
-        self.mine: dict[int, PodView] = {}
+        self.mine: dict[int, Gang] = {}  # this run's attempts
 
     # -------------------------------------------------------------- helpers
 
@@ -154,14 +160,32 @@ class _Planner:
             else:
                 self.new_run(run_hash)
         self.st.run = max(self.st.run, 1)  # a status from before run numbers: run 1
-        self.mine = {v.attempt: v for v in self.views if (v.spec_hash, v.run) == (run_hash, self.st.run)}
+        ours = [v for v in self.views if (v.spec_hash, v.run) == (run_hash, self.st.run)]
+        self.mine = self.gangs(job, ours)
         # An earlier run's pod may still be running a stale spec; finished ones stay for `kubectl logs`.
-        self.delete([v for v in self.views if v.active and v not in self.mine.values()])
+        self.delete([v for v in self.views if v.active and v not in ours])
         if not self.finished() and self.fits(job):
-            self.adopt()
+            self.adopt(job)
             self.step(job)
         if self.finished():
             self.settle(job)
+
+    def gangs(self, job: FineTuneJob, views: list[PodView]) -> dict[int, Gang]:
+        """This run's pods folded into one gang per attempt (gang.py), at the size each gang was created with."""
+        out = {}
+        for attempt in sorted({v.attempt for v in views}):
+            members = [v for v in views if v.attempt == attempt]
+            size = max(v.gang_size for v in members)
+            names = ([pod_name(job.metadata.name, attempt, self.st.run)] if size == 1 else
+                     [pod_name(job.metadata.name, attempt, self.st.run, i) for i in range(size)])
+            # Running True (or Unknown: its node stopped reporting) was only ever set with every pod running.
+            ran = attempt == self.st.attempts and any(
+                c.type == C.RUNNING and c.status != "False" for c in self.st.conditions)
+            out[attempt] = fold(members, names, self.obs.nodes, ran)
+        return out
+
+    def members(self, active: bool = True) -> list[PodView]:
+        return [m for g in self.mine.values() for m in g.members if m.active or not active]
 
     def finished(self) -> bool:
         return is_true(self.st.conditions, C.SUCCEEDED) or is_true(self.st.conditions, C.FAILED)
@@ -192,7 +216,7 @@ class _Planner:
 
     def settle(self, job: FineTuneJob) -> None:
         """A finished job: nothing may run; its children go once ttlSecondsAfterFinished has passed."""
-        self.delete([v for v in self.mine.values() if v.active])
+        self.delete(self.members())
         ttl = job.spec.ttl_seconds_after_finished
         if ttl is None or not self.st.completion_time:
             return
@@ -203,13 +227,15 @@ class _Planner:
             self.out.cleanup = True
             self.delete(list(self.views))
 
-    def adopt(self) -> None:
+    def adopt(self, job: FineTuneJob) -> None:
         """A pod of a newer attempt than the status records was created just before an operator restart."""
         top = max(self.mine, default=0)
         if top > self.st.attempts:
-            pod = self.mine[top]
-            self.st.attempts, self.st.pod_name, self.st.next_attempt_time = top, pod.name, None
-            self.st.start_time = self.st.start_time or pod.created
+            gang = self.mine[top]
+            first = pod_name(job.metadata.name, top, self.st.run, 0 if gang.size > 1 else None)
+            self.st.attempts, self.st.pod_name, self.st.next_attempt_time = top, first, None
+            self.st.world_size = gang.size * processes_per_pod(job)
+            self.st.start_time = self.st.start_time or min(m.created or self.stamp for m in gang.members)
 
     def step(self, job: FineTuneJob) -> None:
         pod = self.mine.get(self.st.attempts) if self.st.attempts else None
@@ -235,11 +261,15 @@ class _Planner:
         elif pod is None:
             self.failed(job, Reason.PREEMPTED, True, f"pod {self.st.pod_name} was deleted before it finished")
         elif pod.stage is Stage.FAILED:
+            self.delete(self.members())  # the gang's other pods cannot go on without it
             self.failed(job, pod.reason, pod.retryable, pod.message, since=pod.finished)
         else:
             if is_true(self.st.conditions, C.SUSPENDED):
                 self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resumed")
-            self.watch(job, pod)
+            if pod.missing:
+                self.recreate(job, pod)
+            else:
+                self.watch(job, pod)
 
     def fits(self, job: FineTuneJob) -> bool:
         """The Fits condition. A job that cannot fit its GPU fails before its first pod, for good: no retry
@@ -256,12 +286,15 @@ class _Planner:
 
     # -------------------------------------------------------------- transitions
 
-    def start_attempt(self, job: FineTuneJob, resume: bool = False) -> None:
+    def start_attempt(self, job: FineTuneJob, resume: bool = False, after: str = "") -> None:
         """Create the next pod, but never while another pod of this job may still be running, and never
         under a name a pod being deleted still holds."""
         attempt = self.st.attempts + 1
-        name = pod_name(job.metadata.name, attempt, self.st.run)
+        names = gang_pod_names(job, attempt, self.st.run)
+        name, pods = names[0], describe(names)
         if self.out.delete or self.orphans or any(v.active or v.deleting for v in self.views):
+            if after:  # the cause stays in the status while the attempt's other pods stop
+                self.cond(C.RUNNING, False, Reason.WAITING, f"stopping the pods of attempt {attempt - 1}{after}")
             self.out.wait(RECHECK_SECONDS)
             return
         if self.obs.rejected is not None:
@@ -270,7 +303,7 @@ class _Planner:
         if self.obs.refused is not None:
             # Possibly temporary (a quota frees up, the PriorityClass gets created): said, and tried again.
             self.cond(C.SCHEDULED, False, Reason.POD_CREATE_FAILED,
-                      f"the API server refused pod {name}; trying again in {REFUSED_RETRY_SECONDS:.0f}s: "
+                      f"the API server refused {pods}; trying again in {REFUSED_RETRY_SECONDS:.0f}s: "
                       f"{self.obs.refused}")
             self.out.wait(REFUSED_RETRY_SECONDS)
             return
@@ -284,14 +317,31 @@ class _Planner:
             self.st.start_time = self.stamp
             self.cond(C.SUSPENDED, False, Reason.RESUMED, "spec.suspend is false: resuming from the last checkpoint")
         self.st.start_time = self.st.start_time or self.stamp
-        self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"created pod {name} (attempt {attempt}); waiting for a node")
-        self.cond(C.RUNNING, False, Reason.WAITING, f"pod {name} is pending")
+        self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"created {pods} (attempt {attempt}); waiting for a node")
+        self.cond(C.RUNNING, False, Reason.WAITING, f"{pods} {'is' if len(names) == 1 else 'are'} pending{after}")
         self.out.image_id = self.st.trainer_image_id
         deadline = job.spec.active_deadline_seconds
         if deadline:
             self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
 
-    def watch(self, job: FineTuneJob, pod: PodView) -> None:
+    def recreate(self, job: FineTuneJob, gang: Gang) -> None:
+        """Pods of the current attempt that are gone while none of its pods has ended (the operator stopped
+        while creating the gang, or Kueue removed them before admitting the gang): created again under their
+        own names, so the attempt's one gang is completed, never a second one started."""
+        what = describe(list(gang.missing))
+        self.cond(C.RUNNING, False, Reason.WAITING, f"{what} of attempt {gang.attempt} {'is' if len(gang.missing) == 1 else 'are'} "
+                  "missing: creating them again")
+        if self.out.delete or self.orphans:
+            self.out.wait(RECHECK_SECONDS)
+            return
+        self.out.create_attempt, self.out.run = gang.attempt, self.st.run
+        self.out.create_indices = list(gang.missing_indices)
+        self.out.image_id = self.st.trainer_image_id
+        deadline = job.spec.active_deadline_seconds
+        if deadline and self.st.start_time:
+            self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
+
+    def watch(self, job: FineTuneJob, pod: Gang) -> None:
         """Conditions of a pod that has not ended."""
         if pod.stage in (Stage.PENDING, Stage.UNSCHEDULABLE):
             if pod.stage is Stage.UNSCHEDULABLE:
@@ -303,7 +353,8 @@ class _Planner:
         if pod.stage is Stage.TERMINATING:
             self.out.wait(RECHECK_SECONDS)
             return
-        self.cond(C.SCHEDULED, True, Reason.POD_SCHEDULED, f"pod {pod.name} is on node {pod.node}")
+        self.cond(C.SCHEDULED, True, Reason.POD_SCHEDULED,
+                  f"{pod.what} {'is' if pod.size == 1 else 'are'} on {pod.nodes}")
         ready = self.obs.nodes.get(pod.node or "")
         if ready is not None and ready.get("status") != "True":
             self.cond(C.RUNNING, "Unknown", Reason.NODE_NOT_READY, stuck.node_not_ready(pod, ready))
@@ -314,11 +365,11 @@ class _Planner:
         elif pod.stage is Stage.STARTING:
             self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} is starting")
         else:
-            self.cond(C.RUNNING, True, Reason.TRAINING, f"attempt {pod.attempt} is training in pod {pod.name}")
+            self.cond(C.RUNNING, True, Reason.TRAINING, f"attempt {pod.attempt} is training in {pod.what}")
             if self.obs.progress is not None:
                 self.st.progress = self.obs.progress
 
-    def give_up_after_grace(self, pod: PodView, how: stuck.Stuck) -> None:
+    def give_up_after_grace(self, pod: Gang, how: stuck.Stuck) -> None:
         """A pod the kubelet cannot start (stuck.py): wait out the grace period, then fail for good."""
         waited = self.seconds_since(pod.created) if pod.created else 0.0
         if waited >= self.grace:
@@ -334,7 +385,7 @@ class _Planner:
         self.st.spec_hash = None  # as for InvalidSpec: whatever spec comes next starts a new run
 
     def suspend(self) -> None:
-        self.delete([v for v in self.mine.values() if v.active])
+        self.delete(self.members())
         if not is_true(self.st.conditions, C.SUSPENDED):
             stopped = f"; stopped pod {self.st.pod_name}" if self.st.attempts else ""
             self.cond(C.SUSPENDED, True, Reason.SUSPENDED, f"spec.suspend is true{stopped}")
@@ -364,7 +415,7 @@ class _Planner:
             self.st.next_attempt_time = self.stamp
             self.out.events.append(Event("Warning", reason, f"attempt {attempt} was disrupted ({message}); "
                                                             "starting the next attempt, no retry used"))
-            self.start_attempt(job)
+            self.start_attempt(job, after=f" (attempt {attempt} was disrupted: {message})")
             return
         if not retryable:
             if reason == Reason.INSUFFICIENT_GPU_MEMORY:  # the trainer's own check, from config.json
@@ -386,39 +437,8 @@ class _Planner:
         self.cond(C.FAILED, True, reason, message)
         self.cond(C.RUNNING, False, reason, message)
         self.st.completion_time, self.st.next_attempt_time = self.stamp, None
-        self.delete([v for v in self.mine.values() if v.active])
+        self.delete(self.members())
 
-    def succeed(self, job: FineTuneJob, pod: PodView) -> None:
-        result = pod.result
-        reason = result.reason if result and result.reason == Reason.ALREADY_COMPLETE else Reason.COMPLETED
-        attempts = f"{self.st.attempts} attempt" + ("s" if self.st.attempts != 1 else "")
-        self.cond(C.SUCCEEDED, True, reason, (result.message if result else "") or f"trained in {attempts}")
-        self.cond(C.RUNNING, False, Reason.COMPLETED, f"pod {pod.name} completed")
-        self.st.completion_time, self.st.next_attempt_time = pod.finished or self.stamp, None
-        progress = self.obs.progress or self.st.progress or Progress()
-        done: dict[str, Any] = {"percent": 100, "stage": "done"}
-        if result is not None and result.step is not None:  # the last reports may never have reached us
-            done.update(step=max(progress.step, result.step), total_steps=result.total_steps or progress.total_steps)
-        self.st.progress = progress.model_copy(update=done)
-        if result is None:
-            self.cond(C.EVALUATION_PASSED, "Unknown", Reason.COMPLETED, "the trainer reported no result")
-            return
-        self.st.metrics, self.st.base_metrics = dict(result.metrics), dict(result.base_metrics)
-        self.st.data_version = result.data_version
-        known = {k: v for k, v in result.artifacts.items() if k in Artifacts.model_fields}
-        self.st.artifacts = Artifacts(**{"root": job.artifact_root(), **known})
-        gate = job.spec.evaluation.gate
-        self.st.eval_summary = eval_summary(self.st.metrics, self.st.base_metrics, gate.metric if gate else None)
-        if result.gate_passed is None:
-            self.cond(C.EVALUATION_PASSED, True, Reason.NO_GATE, result.gate_message or "no evaluation gate is set")
-        elif result.gate_passed:
-            self.cond(C.EVALUATION_PASSED, True, Reason.GATE_PASSED, result.gate_message or "the gate passed")
-        else:
-            self.cond(C.EVALUATION_PASSED, False, Reason.GATE_FAILED, result.gate_message or "the gate failed")
-        if result.serving_compatible is not None:  # runs stored before the serving check carry none
-            self.cond(C.SERVING_COMPATIBLE, result.serving_compatible, result.serving_reason or Reason.SERVABLE,
-                      result.serving_message or "")
-        if result.tracked is not None:
-            self.cond(C.TRACKED, result.tracked, Reason.LOGGED if result.tracked else Reason.TRACKER_UNAVAILABLE,
-                      result.tracking_message or "")
-
+    def succeed(self, job: FineTuneJob, gang: Gang) -> None:
+        self.st.completion_time, self.st.next_attempt_time = gang.finished or self.stamp, None
+        record_success(self.st, self.cond, job, gang, self.obs.progress)

@@ -29,19 +29,13 @@ from typing import Any
 import aiohttp
 
 from . import metrics
-from .builders import (
-    JOB_LABEL,
-    build_config_map,
-    build_progress_secret,
-    build_trainer_pod,
-    config_map_name,
-    progress_secret_name,
-)
-from .conditions import merge_patch, parse_time
+from .builders import JOB_LABEL
+from .children import Children, PodRefused, PodRejected, StaleChild
+from .conditions import merge_patch
 from .events import build_event
 from .kube import ApiError, Kube
 from .plan import Observed, Plan, plan
-from .progress import Key, ProgressStore, progress_token
+from .progress import Key, ProgressStore
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,23 +56,10 @@ def newest_version(objects: Iterable[dict[str, Any]]) -> str:
         return "0"
 
 
-class StaleChild(ApiError):
-    """A pod of that name belongs to an earlier FineTuneJob of the same name (the garbage collector, or
-    our next plan, removes it)."""
-
-
-class PodRejected(ApiError):
-    """The API server refused the trainer pod as invalid (422): no retry can make it valid."""
-
-
-class PodRefused(ApiError):
-    """The API server refused the trainer pod for now (403: a ResourceQuota, a missing PriorityClass, an
-    admission webhook): said in the status, tried again."""
-
-
 class Reconciler:
     def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, active: bool = True):
         self.kube, self.settings, self.store = kube, settings, store
+        self.children = Children(kube, settings)
         self.active = active  # False on a standby replica (leader.py)
         self.jobs: dict[Key, dict[str, Any]] = {}  # latest body seen per job
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # pods per job, by name
@@ -329,7 +310,7 @@ class Reconciler:
         is stored before the pods it was read from can disappear."""
         namespace, name = key
         if p.create_attempt is not None and p.job is not None:
-            await self._create_attempt(body, now, p)
+            await self.children.create_attempt(body, now, p)
         patch = merge_patch(body.get("status") or {}, p.status)
         if patch:
             # Events first, under names derived from their transition (events.py): one that a crash or a 409
@@ -345,49 +326,6 @@ class Reconciler:
             await self.kube.delete(namespace, "pods", pod)
         uid = body["metadata"].get("uid", "")
         if p.cleanup and uid not in self._cleaned:
-            await self.kube.delete(namespace, "configmaps", config_map_name(name))
-            await self.kube.delete(namespace, "secrets", progress_secret_name(name))
+            await self.children.remove(namespace, name)
             self._cleaned.add(uid)
             log.info("FineTuneJob %s/%s: ttlSecondsAfterFinished passed; removed its pods and config", *key)
-
-    async def _create_attempt(self, body: dict[str, Any], now: datetime, p: Plan) -> None:
-        job, attempt = p.job, p.create_attempt
-        assert job is not None and attempt is not None
-        await self._ensure(build_config_map(job))
-        if self.settings.progress_url:
-            meta = body["metadata"]
-            token = progress_token(self.settings.progress_key, meta["namespace"], meta["name"], meta["uid"])
-            await self._ensure(build_progress_secret(job, token))
-        pod = build_trainer_pod(job, attempt, self.settings, p.deadline_left, p.run, p.image_id)
-        try:
-            created = await self._ensure(pod)
-        except ApiError as err:
-            if err.status in (403, 422):
-                kind = PodRejected if err.status == 422 else PodRefused
-                raise kind(err.status, "POST", pod["metadata"]["name"], err.reason, err.message) from err
-            raise
-        if created and attempt == 1:
-            start = parse_time(p.run_start or body["metadata"]["creationTimestamp"])
-            metrics.CREATION_TO_POD.observe(max(0.0, (now - start).total_seconds()))
-
-    async def _ensure(self, obj: dict[str, Any]) -> bool:
-        """Create `obj`; True if this call created it. AlreadyExists is success: a ConfigMap or Secret is
-        brought up to date (and taken over from an earlier job of the same name) with a merge patch, never
-        read; an existing pod is adopted if it is ours."""
-        meta = obj["metadata"]
-        try:
-            await self.kube.create(obj)
-            return True
-        except ApiError as err:
-            if err.reason != "AlreadyExists":
-                raise
-        if obj["kind"] != "Pod":
-            patch = {"metadata": {k: meta[k] for k in ("labels", "ownerReferences")}, "data": obj["data"]}
-            await self.kube.patch(meta["namespace"], obj["kind"], meta["name"], patch)
-            return False
-        existing = await self.kube.get(meta["namespace"], "pods", meta["name"])
-        owners = {ref.get("uid") for ref in ((existing or {}).get("metadata") or {}).get("ownerReferences") or []}
-        if meta["ownerReferences"][0]["uid"] not in owners:
-            raise StaleChild(409, "POST", meta["name"], "AlreadyExists",
-                             f"pod {meta['name']} belongs to an earlier FineTuneJob of this name; waiting for it to go")
-        return False

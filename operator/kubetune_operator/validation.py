@@ -1,7 +1,7 @@
 """From a FineTuneJob object as stored to the parsed job the operator runs, or the reasons it cannot.
 
 Every rule is the API's: the runtime merge (`apply_runtime`), the spec model (`parse_job`) and the
-in-cluster rules (`FineTuneJobSpec.in_cluster_errors`). This module only puts them in order.
+in-cluster rules (`FineTuneJob.in_cluster_errors`). This module only puts them in order.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def resolve(body: dict[str, Any], runtime: dict[str, Any] | None) -> tuple[FineT
         }, source=f"FineTuneJob {meta.get('namespace')}/{meta.get('name')}")
     except SpecError as err:
         return None, Reason.INVALID_SPEC, err.errors
-    errors = job.spec.in_cluster_errors() + remote_code_errors(job.spec, runtime, ref)
+    errors = job.in_cluster_errors() + remote_code_errors(job.spec, runtime, ref)
     if errors:
         return None, Reason.INVALID_SPEC, errors
     return job, Reason.VALID, []

@@ -92,6 +92,8 @@ INVALID = [
     ("s3 endpoint", with_("storage.s3.endpoint", "minio:9000"), "spec.storage.s3.endpoint", "https?://"),
     ("memory quantity", with_("resources.memory", "lots"), "spec.resources.memory", "pattern"),
     ("gpus negative", with_("resources.gpus", -1), "spec.resources.gpus", "greater than or equal to 0"),
+    ("no nodes", with_("resources.nodes", 0), "spec.resources.nodes", "greater than or equal to 1"),
+    ("too many nodes", with_("resources.nodes", 65), "spec.resources.nodes", "less than or equal to 64"),
     ("toleration operator", with_("resources.tolerations", [{"key": "k", "operator": "In"}]), "spec.resources.tolerations[0].operator", "'Exists' or 'Equal'"),
     ("deadline zero", with_("activeDeadlineSeconds", 0), "spec.activeDeadlineSeconds", "greater than or equal to 1"),
     ("retries", with_("failurePolicy.maxRetries", 100), "spec.failurePolicy.maxRetries", "less than or equal to 20"),
@@ -139,3 +141,13 @@ def test_wrong_api_version_is_named():
     with pytest.raises(SpecError) as info:
         parse_job(doc)
     assert any(line.startswith("apiVersion:") and "kubetune.io/v1alpha1" in line for line in info.value.errors)
+
+
+def test_a_gang_needs_a_cluster_and_a_service_name():
+    spec = parse_spec({**MINIMAL, "resources": {"nodes": 2}})
+    assert spec.resources.nodes == 2 and parse_spec(MINIMAL).resources.nodes == 1
+    assert [e.split(":")[0] for e in spec.local_errors()] == ["spec.resources.nodes"]
+    assert "kubectl" in spec.local_errors()[0] and parse_spec(MINIMAL).local_errors() == []
+    job = parse_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "7b-sft"},
+                     "spec": {**MINIMAL, "resources": {"nodes": 2}}})
+    assert [e.split(":")[0] for e in job.in_cluster_errors()] == ["metadata.name"]

@@ -195,6 +195,7 @@ NAMESPACED_RULES = {
     # Written blind (create, or merge-patch if it exists) and deleted after the TTL; never read.
     ("", "configmaps", ()): {"create", "patch", "delete"},
     ("", "secrets", ()): {"create", "patch", "delete"},
+    ("", "services", ()): {"create", "patch", "delete"},  # a gang's headless Service (nodes > 1)
     ("", "events", ()): {"create"},  # the operator (and kopf) only ever POST Events
 }
 CLUSTER_READS = {

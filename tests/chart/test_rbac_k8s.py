@@ -26,7 +26,7 @@ OPERATOR_REQUESTS = [
     *[(v, "finetuneschedules.kubetune.io", "team-a", None) for v in ("get", "list", "watch")],
     ("patch", "finetuneschedules.kubetune.io", "team-a", "status"),
     *[(v, "pods", "team-a", None) for v in ("create", "get", "list", "watch", "delete")],
-    *[(v, r, "team-a", None) for r in ("configmaps", "secrets") for v in ("create", "patch", "delete")],
+    *[(v, r, "team-a", None) for r in ("configmaps", "secrets", "services") for v in ("create", "patch", "delete")],
     ("create", "events", "team-a", None),
     *[(v, "clusterfinetuneruntimes.kubetune.io", None, None) for v in ("list", "watch")],
     *[(v, "customresourcedefinitions.apiextensions.k8s.io", None, None) for v in ("list", "watch")],
@@ -47,7 +47,7 @@ ALWAYS_FORBIDDEN = [
     ("patch", "pods", "team-a", None),
     ("create", "pods", "team-a", "exec"),
     ("create", "serviceaccounts", "team-a", "token"),
-    *[(v, r, "team-a", None) for r in ("secrets", "configmaps") for v in ("get", "list", "watch")],
+    *[(v, r, "team-a", None) for r in ("secrets", "configmaps", "services") for v in ("get", "list", "watch")],
     ("patch", "events", "team-a", None),
     ("update", "leases.coordination.k8s.io", "kubetune-system", None),  # one replica: no leader election
     ("list", "clusterkopfpeerings.kopf.dev", None, None),

@@ -35,7 +35,8 @@ What it does, against a real kube-apiserver (see cluster.py):
 Deviations from a real kubelet are commented where they happen; the main ones: no containers or images (the
 command runs on this machine with the agent's environment, so `kubetune ...` resolves to the venv's console
 script), only the first container runs (plus init containers), restartPolicy is treated as Never, no probes,
-GPUs are counted against capacity only (not against other pods), and files are plain files (the kubelet uses
+GPUs are counted against capacity only (not against other pods), a pod's `<hostname>.<subdomain>` DNS
+names in env values become 127.0.0.1 (no cluster DNS; /etc/hosts is not touched), and files are plain files (the kubelet uses
 symlinks into ..data). Mount paths are also rewritten inside text files written from ConfigMaps/Secrets
 (rewrite_file_contents=True). A persistentVolumeClaim volume is one directory per claim, shared by the pods
 using it for the agent's lifetime; a hostPath volume is that path on this machine. There is no kubelet API:
@@ -1080,6 +1081,14 @@ class _PodWorker(threading.Thread):
             elif not ref.get("optional"):
                 kind = "Secret" if ref_key == "secretKeyRef" else "ConfigMap"  # the kubelet's words
                 raise _NotReady(f"couldn't find key {ref['key']} in {kind} {self.namespace}/{ref['name']}")
+        subdomain = self.pod["spec"].get("subdomain")
+        if subdomain:
+            # Deviation: stands in for the cluster DNS, which resolves `<hostname>.<subdomain>` of a pod behind a
+            # headless Service to that pod's IP. Every pod here runs on this machine at 127.0.0.1, so such names
+            # in the env values (e.g. torchrun's PET_RDZV_ENDPOINT) become 127.0.0.1 for the process started.
+            # /etc/hosts is not touched.
+            name = re.compile(rf"\b[a-z0-9]([-a-z0-9]*[a-z0-9])?\.{re.escape(subdomain)}(?![-a-z0-9.])")
+            declared = {k: name.sub("127.0.0.1", v) for k, v in declared.items()}
         return env, declared
 
     def _path_map(self, c: dict) -> PathMap:

@@ -17,6 +17,8 @@ from kubetune_api import load_manifest
 from kubetune_operator.builders import (
     HASH_LABEL,
     build_config_map,
+    build_gang,
+    build_gang_service,
     build_progress_secret,
     build_trainer_pod,
 )
@@ -55,6 +57,11 @@ def minimal_job():
     return parsed(job_body())
 
 
+def gang_job(nodes: int = 2, queue: str | None = "gpu-queue"):
+    spec = {**FULL_SPEC, "resources": {**FULL_SPEC["resources"], "nodes": nodes}}
+    return parsed(job_body(spec, name="support-bot", labels={"kueue.x-k8s.io/queue-name": queue} if queue else None))
+
+
 class _Dumper(yaml.SafeDumper):
     """Multi-line strings (the ConfigMap's job.yaml) as readable literal blocks."""
 
@@ -80,6 +87,9 @@ CASES = {
     ),
     "configmap-full.yaml": lambda: build_config_map(full_job()),
     "secret-progress.yaml": lambda: build_progress_secret(minimal_job(), "0" * 64),
+    "gang-service.yaml": lambda: build_gang_service(gang_job()),
+    "gang-pod-0.yaml": lambda: build_gang(gang_job(), 3, SETTINGS, 3600, run=2)[0],
+    "gang-pod-1.yaml": lambda: build_gang(gang_job(), 3, SETTINGS, 3600, run=2)[1],
 }
 
 
@@ -164,3 +174,38 @@ def test_progress_secret_holds_the_token():
     secret = build_progress_secret(minimal_job(), "abc123")
     assert base64.b64decode(secret["data"]["token"]).decode() == "abc123"
     assert secret["metadata"]["ownerReferences"][0]["uid"] == UID
+
+
+def test_one_node_is_the_single_pod_of_before():
+    assert build_gang(full_job(), 3, SETTINGS, 3600) == [build_trainer_pod(full_job(), 3, SETTINGS, 3600)]
+
+
+def test_a_gang_is_n_pods_that_find_pod_0s_rendezvous_by_dns():
+    pods = build_gang(gang_job(nodes=3, queue=None), 2, SETTINGS)
+    service = build_gang_service(gang_job(nodes=3, queue=None))
+    assert [p["metadata"]["name"] for p in pods] == ["support-bot-2-0", "support-bot-2-1", "support-bot-2-2"]
+    assert service["metadata"]["name"] == "support-bot-gang" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    for i, pod in enumerate(pods):
+        assert pod["spec"]["hostname"] == pod["metadata"]["name"]
+        assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+        labels = pod["metadata"]["labels"]
+        assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items()), "the Service selects it"
+        assert "kueue.x-k8s.io/pod-group-name" not in labels and "annotations" not in pod["metadata"]
+        env = {e["name"]: e.get("value", e.get("valueFrom")) for e in pod["spec"]["containers"][0]["env"]}
+        assert env["PET_NNODES"] == "3" and env["PET_NPROC_PER_NODE"] == "2" and env["PET_NODE_RANK"] == str(i)
+        assert env["PET_RDZV_BACKEND"] == "c10d" and "PET_STANDALONE" not in env
+        assert env["PET_RDZV_ENDPOINT"] == "support-bot-2-0.support-bot-gang:29400"
+        assert env["PET_RDZV_ID"] == "support-bot-2"
+        assert env["PET_LOCAL_ADDR"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    next_attempt = build_gang(gang_job(nodes=3, queue=None), 3, SETTINGS)[0]["spec"]["containers"][0]["env"]
+    assert {"name": "PET_RDZV_ID", "value": "support-bot-3"} in next_attempt, "one rendezvous per attempt"
+
+
+def test_a_queued_gang_is_one_kueue_pod_group():
+    pods = build_gang(gang_job(nodes=4), 1, SETTINGS)
+    for pod in pods:
+        meta = pod["metadata"]
+        assert meta["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        assert meta["labels"]["kueue.x-k8s.io/pod-group-name"] == "support-bot-1"
+        assert meta["annotations"] == {"kueue.x-k8s.io/pod-group-total-count": "4"}

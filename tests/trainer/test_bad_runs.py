@@ -56,6 +56,15 @@ def test_max_seq_length_shorter_than_every_prompt_fails_before_training(tmp_path
     assert digest(tmp_path / "data") == data
 
 
+def test_a_multi_node_job_is_refused_by_a_local_run_before_anything_loads(tmp_path, tiny_model):
+    job = local_job(tmp_path, tiny_model, resources={"gpus": 0, "nodes": 2})
+    proc = run_cli(["run", str(job)], env={"KUBETUNE_TERMINATION_LOG": str(tmp_path / "term")})
+    assert proc.returncode == ExitCode.INVALID_CONFIG, proc.stderr[-2000:]
+    result = result_of(tmp_path / "term")
+    assert result.reason == "InvalidSpec" and result.message.startswith("spec.resources.nodes: 2 pods need a cluster")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_eval_set_equal_to_the_train_set_trains_but_warns_of_the_leak(tmp_path, tiny_model):
     job = local_job(tmp_path, tiny_model, dataset={"eval": {"uri": "./data/train.jsonl"}, "evalSplit": None})
     proc = run_cli(["run", str(job)], env={"KUBETUNE_TERMINATION_LOG": str(tmp_path / "term")})

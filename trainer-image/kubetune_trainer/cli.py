@@ -132,6 +132,11 @@ def _run_local(path: Path, json_lines: bool) -> int:
     job = _load(path, termination)
     if job is None:
         return ExitCode.INVALID_CONFIG
+    if job.spec.local_errors():
+        message = "; ".join(job.spec.local_errors())
+        print(f"kubetune: {message}", file=sys.stderr)
+        write_termination(termination, TrainerResult(ok=False, reason=ExitCode.INVALID_CONFIG.reason, message=message))
+        return ExitCode.INVALID_CONFIG
     _skip_unused_libraries(job)
     sinks = [TqdmSink()] + ([JsonLinesSink(sys.stdout)] if json_lines else [])
     print(f"kubetune: running {path} ({job.spec.model.uri}, {job.spec.method.type}) -> spec hash {job.spec_hash}",

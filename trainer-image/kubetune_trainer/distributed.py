@@ -92,13 +92,19 @@ class ProcessGroup:
 
             dist.barrier()
 
+    @property
+    def is_node_leader(self) -> bool:
+        """The first process of its pod (LOCAL_RANK 0): it fills what the pod's processes share (the model
+        cache), since in a multi-node gang each pod has its own."""
+        return self.local_rank == 0
+
     @contextlib.contextmanager
-    def writer_first(self) -> Iterator[None]:
-        """The writer runs the block before the others do (e.g. filling a cache they then read)."""
-        if not self.is_writer:
+    def node_leaders_first(self) -> Iterator[None]:
+        """Each pod's first process runs the block before that pod's others do (one barrier for all)."""
+        if not self.is_node_leader:
             self.barrier()
         yield
-        if self.is_writer:
+        if self.is_node_leader:
             self.barrier()
 
     def sum(self, values: list[float]) -> list[float]:

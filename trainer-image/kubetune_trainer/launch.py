@@ -7,8 +7,9 @@ command stays `kubetune train` and `torchrun -m kubetune_trainer train` would ru
 agent adds to torchrun:
 
 * the exit code and termination message of the pod are those of the worker that failed first (torchrun's
-  own exit code is 1 for any failure, which would turn an invalid spec into a retry), or of rank 0 when all
-  succeed or when the pod was stopped;
+  own exit code is 1 for any failure, which would turn an invalid spec into a retry), or of this pod's
+  lowest rank when all succeed or when the pod was stopped (rank 0, the writer, when it runs here: in a
+  multi-node gang the rendezvous puts it on any one pod);
 * on SIGTERM torchrun's agent passes the signal to every worker and waits for them (up to
   TORCH_ELASTIC_SHUTDOWN_TIMEOUT, set here well above a training step) so the step-finishing checkpoint is
   written before the kubelet's grace period ends.
@@ -58,7 +59,7 @@ def launch(train_args: list[str], termination: str | None) -> int:
     args = parse_args(["--module", "kubetune_trainer", "train", *train_args])  # the rest from PET_*
     # torchrun gives each worker 1 CPU thread; CPU-only workers (tests, no GPU) share the pod's CPUs instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, available_cpus() // max(1, int(args.nproc_per_node)))))
-    rank, code = 0, ExitCode.OK
+    rank, code = None, ExitCode.OK
     try:
         run(args)
     except ChildFailedError as err:
@@ -66,6 +67,9 @@ def launch(train_args: list[str], termination: str | None) -> int:
         code = failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode  # -9 -> 137, as a shell
     except SignalException:
         code = ExitCode.TRANSIENT  # every worker was told; rank 0 saved its step and says so
+    if rank is None:
+        written = sorted(int(f.stem.removeprefix("rank-")) for f in results.glob("rank-*.json"))
+        rank = written[0] if written else 0
     source = results / f"rank-{rank}.json"
     if source.exists():
         if termination:

@@ -105,13 +105,13 @@ class LoRARecipe:
         self.reporter.stage("loading")
         # The model download (or conversion) runs while torch and the training libraries are imported and
         # the data is read and validated; a bad record still fails at once (the download thread is a daemon).
-        # Under torchrun the writer alone fills the model cache (shared by a node's ranks); the others read it.
-        fetch = Background(fetch_model, self.spec.model, self.storage) if self.dist.is_writer else None
+        # Under torchrun each pod's first process fills the pod's model cache; its other processes read it.
+        fetch = Background(fetch_model, self.spec.model, self.storage) if self.dist.is_node_leader else None
         self.device, self.dtype = device_and_dtype(self.spec.training.precision)  # imports torch
         self.dist.start(self.device)
         self._setup_data()
         import_training_libraries()
-        with self.dist.writer_first():
+        with self.dist.node_leaders_first():
             self.model_path = fetch.result() if fetch else fetch_model(self.spec.model, self.storage)
         self.weights = Background(weights_digest, self.model_path)  # for lineage.json, while training runs
         self._setup_model()
