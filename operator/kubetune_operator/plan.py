@@ -23,7 +23,7 @@ from kubetune_api import ConditionType as C
 from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
 from kubetune_api.status import Progress, is_true, now_rfc3339
 
-from . import stuck
+from . import watching
 from .builders import gang_pod_names, pod_name, processes_per_pod, world_size
 from .conditions import Event, headline, parse_time, read_status, transition_events
 from .fits import fit_of
@@ -31,9 +31,8 @@ from .gang import Gang, describe, fold
 from .observe import PodView, Stage, view_pod
 from .outcome import record_success
 from .validation import resolve
+from .watching import RECHECK_SECONDS
 
-# How soon to look again while waiting for something no event announces (a pod still being deleted).
-RECHECK_SECONDS = 2.0
 # How soon to try again a pod creation the API server refused for now (403 Forbidden).
 REFUSED_RETRY_SECONDS = 30.0
 
@@ -341,43 +340,18 @@ class _Planner:
         if deadline and self.st.start_time:
             self.out.deadline_left = max(1, int(deadline - self.seconds_since(self.st.start_time)))
 
-    def watch(self, job: FineTuneJob, pod: Gang) -> None:
-        """Conditions of a pod that has not ended."""
-        if pod.stage in (Stage.PENDING, Stage.UNSCHEDULABLE):
-            if pod.stage is Stage.UNSCHEDULABLE:
-                self.cond(C.SCHEDULED, False, Reason.UNSCHEDULABLE, pod.message)
-            else:
-                self.cond(C.SCHEDULED, False, Reason.POD_CREATED, f"pod {pod.name} is waiting for a node")
-            self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} is pending")
-            return
-        if pod.stage is Stage.TERMINATING:
-            self.out.wait(RECHECK_SECONDS)
-            return
-        self.cond(C.SCHEDULED, True, Reason.POD_SCHEDULED,
-                  f"{pod.what} {'is' if pod.size == 1 else 'are'} on {pod.nodes}")
-        ready = self.obs.nodes.get(pod.node or "")
-        if ready is not None and ready.get("status") != "True":
-            self.cond(C.RUNNING, "Unknown", Reason.NODE_NOT_READY, stuck.node_not_ready(pod, ready))
-        elif pod.stage is Stage.IMAGE_PULL:
-            self.give_up_after_grace(pod, stuck.image_pull(pod, self.grace))
-        elif pod.stage is Stage.CONFIG_ERROR:
-            self.give_up_after_grace(pod, stuck.config_error(job, pod, self.grace))
-        elif pod.stage is Stage.STARTING:
-            self.cond(C.RUNNING, False, Reason.WAITING, f"pod {pod.name} is starting")
-        else:
-            self.cond(C.RUNNING, True, Reason.TRAINING, f"attempt {pod.attempt} is training in {pod.what}")
-            if self.obs.progress is not None:
-                self.st.progress = self.obs.progress
-
-    def give_up_after_grace(self, pod: Gang, how: stuck.Stuck) -> None:
-        """A pod the kubelet cannot start (stuck.py): wait out the grace period, then fail for good."""
-        waited = self.seconds_since(pod.created) if pod.created else 0.0
-        if waited >= self.grace:
-            self.fail(how.reason, f"{how.failed}; gave up after {waited:.0f}s")
-        else:
-            self.cond(C.RUNNING, False, Reason.WAITING if how.reason == Reason.IMAGE_PULL_FAILED else how.reason,
-                      how.waiting)
-            self.out.wait(self.grace - waited)
+    def watch(self, job: FineTuneJob, gang: Gang) -> None:
+        """Conditions of a gang that has not ended (watching.py)."""
+        waited = self.seconds_since(gang.created) if gang.created else 0.0
+        verdict = watching.watch(job, gang, self.obs.nodes, self.grace, waited)
+        for ctype, status, reason, message in verdict.conditions:
+            self.cond(ctype, status, reason, message)
+        if verdict.fail is not None:
+            self.fail(*verdict.fail)
+        if verdict.wait is not None:
+            self.out.wait(verdict.wait)
+        if verdict.training and self.obs.progress is not None:
+            self.st.progress = self.obs.progress
 
     def reject(self, name: str, message: str) -> None:
         """The API server refused the pod (422 Invalid): no retry can help; the next spec edit starts a run."""
