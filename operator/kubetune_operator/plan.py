@@ -176,7 +176,7 @@ class _Planner:
             elif cond.type not in (C.VALIDATED, C.SUSPENDED):
                 self.cond(cond.type, False, Reason.SPEC_CHANGED, message)
         for name in ("pod_name", "start_time", "completion_time", "progress", "eval_summary", "artifacts",
-                     "next_attempt_time"):
+                     "next_attempt_time", "stop_reason", "best_step"):
             setattr(self.st, name, None)
         self.st.attempts = self.st.retries = 0
         self.st.metrics, self.st.base_metrics = {}, {}
@@ -387,6 +387,7 @@ class _Planner:
             self.cond(C.EVALUATION_PASSED, "Unknown", Reason.COMPLETED, "the trainer reported no result")
             return
         self.st.metrics, self.st.base_metrics = dict(result.metrics), dict(result.base_metrics)
+        self.st.stop_reason, self.st.best_step = result.stop_reason, result.best_step
         known = {k: v for k, v in result.artifacts.items() if k in Artifacts.model_fields}
         self.st.artifacts = Artifacts(**{"root": job.artifact_root(), **known})
         gate = job.spec.evaluation.gate
