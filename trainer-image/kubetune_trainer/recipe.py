@@ -25,11 +25,10 @@ from .datafiles import Limits, check_stored_size
 from .distributed import ProcessGroup, balanced_shards, choose_sharding, device_bytes, weights_bytes
 from .early_stopping import EarlyStopping, no_watch_note, stop_summary
 from .errors import ConfigError
-from .evaluation import base_model_context, generate, mean_loss
+from .evaluation import mean_loss
 from .handoff import serving_fields
 from .lineage import weights_digest
 from .loss import answer_loss, check_packing
-from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
 from .models import (
     attach_adapter,
     device_and_dtype,
@@ -41,6 +40,7 @@ from .models import (
 from .preflight import check_output, check_weights
 from .progress import ProgressReporter
 from .prompting import PromptFormatter, compile_custom, length_stats
+from .scoring import score_held_out
 from .stopping import GracefulStop, Interrupted
 from .storage import ArtifactStore, Background, Storage
 
@@ -358,54 +358,13 @@ class LoRARecipe:
     # ---- evaluate ----------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         self.reporter.stage("evaluating")
-        ev = self.spec.evaluation
-        batch = self._eval_batch()
-        tuned = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
-                                      self.device, self.dist), ev.metrics)
-        self.log.append({"event": "eval", "step": self.best_step, **tuned})
-        samples = self.eval_set[: ev.max_samples]
-        refs = [self.formatter.reference(e) for e in samples]
-        tuned_out = self._generate(samples, batch)
-        tuned.update(generation_scores(tuned_out, refs, ev.metrics))
-        base, base_out = {}, [None] * len(samples)
-        if ev.compare_base:
-            with base_model_context(self.model):
-                base = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
-                                             self.device, self.dist), ev.metrics)
-                base_out = self._generate(samples, batch)
-            base.update(generation_scores(base_out, refs, ev.metrics))
-        self.predictions = [{"prompt": e.user_text, "reference": r, "base": b, "tuned": t}
-                            for e, r, b, t in zip(samples, refs, base_out, tuned_out, strict=True)]
-        self.results = {"tuned": tuned, "base": base, **self._verdicts(tuned, batch)}
+        self.results, self.predictions = score_held_out(self, self._eval_batch())
         if self.gate_note is not None:
             self.results["gateFirstReached"] = self.gate_note
         return self.results
 
     def _eval_batch(self) -> int:
         return min(32, max(8, self.spec.training.batch_size * 2))
-
-    def _generate(self, examples: list, batch: int) -> list[str]:
-        return generate(self.model, self.formatter, examples, self.spec.evaluation.generation, batch, self.device,
-                        dist=self.dist)
-
-    def _verdicts(self, tuned: dict, batch: int) -> dict:
-        ev = self.spec.evaluation
-        out: dict = {"gate": None, "regression": None}
-        if ev.gate is not None:
-            ok, message = gate_verdict(ev.gate, tuned)
-            out["gate"] = {"passed": ok, "message": message}
-        if ev.regression is not None:
-            refs = [self.formatter.reference(e) for e in self.regression]
-            wanted = [ev.regression.metric]
-            tuned_reg = generation_scores(self._generate(self.regression, batch), refs, wanted)
-            with base_model_context(self.model):
-                base_reg = generation_scores(self._generate(self.regression, batch), refs, wanted)
-            ok, message = regression_verdict(ev.regression, base_reg, tuned_reg)
-            out["regression"] = {"passed": ok, "message": message, "base": base_reg, "tuned": tuned_reg}
-        checks = [v for v in out.values() if v is not None]
-        out["gatePassed"] = all(c["passed"] for c in checks) if checks else None
-        out["gateMessage"] = "; ".join(c["message"] for c in checks) or None
-        return out
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self) -> TrainerResult:
