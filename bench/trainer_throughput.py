@@ -201,8 +201,9 @@ def hf_trainer(name: str, model, tokenizer, train: list, args, common: dict):
         rows = [{"input_ids": e.input_ids, "completion_mask": [int(t != -100) for t in e.labels]} for e in train]
         from datasets import Dataset
 
-        config = SFTConfig(**common, completion_only_loss=True, padding_free=True, max_length=args.max_len,
-                           dataset_num_proc=None)
+        # max_length None: the ids are already truncated to maxSeqLength by the trainer's formatter (TRL
+        # refuses max_length with padding_free and no packing, as it would not enforce it).
+        config = SFTConfig(**common, completion_only_loss=True, padding_free=True, max_length=None)
         return counting(SFTTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows),
                                     processing_class=tokenizer, callbacks=[Clock()]), clock, counter
     if name == "hf-dynamic":
