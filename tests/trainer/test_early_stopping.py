@@ -88,3 +88,30 @@ def test_an_explicit_length_is_honoured_without_evaluations_in_between(tmp_path,
                           evaluation={"compareBase": False, "maxSamples": 2})
     assert result.stop_reason == StopReason.MAX_EPOCHS and result.step == math.ceil(9 / 2)
     assert not [e for e in log if e["event"] == "eval" and "subset" in e]
+
+
+def test_a_resumed_attempt_keeps_the_patience_count_and_the_best_adapter(tmp_path):
+    from kubetune_api.spec import EarlyStoppingSpec, S3Spec
+    from kubetune_trainer.checkpoints import Checkpoints
+    from kubetune_trainer.early_stopping import EarlyStopping
+    from kubetune_trainer.storage import ArtifactStore, Storage
+
+    spec = EarlyStoppingSpec(evalSteps=1, patience=3, minDelta=0.0)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpoints = Checkpoints(ArtifactStore(f"{tmp_path}/root/", Storage(S3Spec())), 1, 1, tmp_path / "scratch")
+    first = EarlyStopping(spec, steps_per_epoch=4, eval_encoded=[])
+    for step, loss in ((1, 2.0), (2, 1.0), (3, 1.5)):
+        first.record(step, loss, lambda step=step: {"w": torch.full((2,), float(step))})
+    checkpoints.save(3, {"w": torch.full((2,), 3.0)}, optimizer.state_dict(), scheduler,
+                     {"earlyStopping": first.state()}, best=first.best_state)
+
+    _, _, state = checkpoints.load(3, scheduler)
+    resumed = EarlyStopping(spec, steps_per_epoch=4, eval_encoded=[])
+    resumed.restore(state["earlyStopping"], state.get("bestAdapter"))
+    assert (resumed.best_step, resumed.bad) == (2, 1) and torch.equal(resumed.best_state["w"], torch.full((2,), 2.0))
+    resumed.record(4, 1.2, dict)
+    assert not resumed.stop
+    resumed.record(5, 1.1, dict)
+    assert resumed.stop, "stops where an uninterrupted run would: the third evaluation without improvement"
+    assert torch.equal(resumed.best_state["w"], torch.full((2,), 2.0)), "the kept adapter is still step 2's"
