@@ -203,7 +203,10 @@ def hf_trainer(name: str, model, tokenizer, train: list, args, common: dict):
 
         # max_length None: the ids are already truncated to maxSeqLength by the trainer's formatter (TRL
         # refuses max_length with padding_free and no packing, as it would not enforce it).
-        config = SFTConfig(**common, completion_only_loss=True, padding_free=True, max_length=None)
+        # gradient_checkpointing False: SFTConfig turns it on by default (TrainingArguments and ours do not),
+        # which trades speed for memory; the other arms have it off.
+        config = SFTConfig(**common, completion_only_loss=True, padding_free=True, max_length=None,
+                           gradient_checkpointing=False)
         return counting(SFTTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows),
                                     processing_class=tokenizer, callbacks=[Clock()]), clock, counter
     if name == "hf-dynamic":
