@@ -1,6 +1,6 @@
-"""Trainer throughput (issue 6, item 1): our trainer versus a naive Hugging Face Trainer + PEFT loop.
+"""Trainer throughput (issues 6 and 15): our trainer versus what a user would run instead.
 
-    .venv/bin/python bench/trainer_throughput.py                 # baseline, ours, ours with another seed
+    .venv/bin/python bench/trainer_throughput.py                 # the two baselines, ours, the naive loop
     .venv/bin/python bench/trainer_throughput.py --preset levers   # each lever on its own (4 steps)
     .venv/bin/python bench/trainer_throughput.py --preset levers2  # the default, packing, bf16, checkpointing
     .venv/bin/python bench/trainer_throughput.py --arms hf-naive,grouped --steps 4 --json out.json
@@ -13,8 +13,15 @@ made by bench/data/make_trainer_dataset.py), tokenized by the trainer's PromptFo
 the same token ids. Each arm runs in its own process, started one after another by this one, so peak RSS
 (ru_maxrss, read when training ends) is per arm.
 
-* hf-naive: transformers.Trainer + peft.get_peft_model, every example padded to maxSeqLength (512), random
-  order, full-vocabulary logits at every position (the model's own loss): what a first script does.
+* hf-dynamic: transformers.Trainer + peft.get_peft_model with DataCollatorForSeq2Seq (each micro-batch
+  padded to its longest example, labels with -100) and train_sampling_strategy "group_by_length" (the
+  transformers 5 name of group_by_length): what the transformers and PEFT docs lead a user to.
+* trl-sft: TRL's SFTTrainer on the same token ids as a prompt-completion dataset (input_ids and
+  completion_mask), completion_only_loss and padding_free (each micro-batch flattened into one row with
+  per-example position ids, no padding): TRL's documented fast settings that keep the examples per step.
+  TRL's packing would put more examples into each step, so the number of examples per update would differ.
+* hf-naive (a labelled extra row, not a baseline): transformers.Trainer + PEFT, every example padded to
+  maxSeqLength (512), random order, full-vocabulary logits: what a first script does.
 * the others: the trainer's LoRARecipe (setup, then train: the product's batching and loss code) with one
   or more levers on; `ours` is what a job gets by default.
 
@@ -46,7 +53,9 @@ SYSTEM = "You are the support assistant of Nordvik Outfitters."
 # arm: (what it is, Levers fields, training overrides); each lever on its own, then together
 NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None}
 ARMS: dict[str, tuple[str, dict, dict]] = {
-    "hf-naive": ("HF Trainer + PEFT, pad to 512, random order, full logits", {}, {}),
+    "hf-dynamic": ("HF Trainer + PEFT, DataCollatorForSeq2Seq, group_by_length (baseline)", {}, {}),
+    "trl-sft": ("TRL SFTTrainer, completion-only loss, padding_free (baseline)", {}, {}),
+    "hf-naive": ("extra: HF Trainer + PEFT, pad to 512, random order, full logits", {}, {}),
     "ours-pad-max": ("our loop in the naive layout (pad to 512, full logits)", {**NAIVE, "pad_to_max_length": True}, {}),
     "dynamic": ("pad to the longest of each micro-batch, random order", NAIVE, {}),
     "grouped": ("dynamic + length-grouped micro-batches", {**NAIVE, "group_by_length": True}, {}),
@@ -59,13 +68,14 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "ours+gc": ("default + gradient checkpointing", {}, {"gradientCheckpointing": True}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
 }
+BASELINES = ("hf-dynamic", "trl-sft")  # what a user would pick instead; ratios are against the faster one
 # glibc raises its mmap threshold as large blocks are freed and then keeps freed memory in the heap: peak RSS
 # then varies by up to 2 GB between identical runs (address-space layout decides how much). A fixed threshold
 # gives every large tensor its own mapping, returned when freed, so peak RSS is the live peak, the same on
 # every run; it costs every arm about 15% in speed (page faults).
 MMAP_THRESHOLD = 128 * 1024
 PRESETS = {
-    "main": ["hf-naive", "ours", "ours-seed43"],
+    "main": ["hf-dynamic", "trl-sft", "ours", "hf-naive"],
     "levers": ["hf-naive", "dynamic", "grouped", "packed", "answer-logits", "grouped+answer"],
     "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
     "layout": ["ours", "packed+answer"],  # grouping or packing, over half an epoch (--steps 25)
@@ -125,17 +135,17 @@ def run_ours(args, name: str, out: str) -> dict:
 
 
 def run_hf(args, name: str, out: str) -> dict:
-    """The baseline as a user would write it from the transformers and peft docs."""
+    """A baseline as a user would write it from the transformers, PEFT and TRL docs."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM
 
     from kubetune_trainer.evaluation import mean_loss
     from kubetune_trainer.models import fetch_model, load_tokenizer
     from kubetune_trainer.prompting import PromptFormatter
     from kubetune_trainer.recipe import LoRARecipe
 
-    # Data and tokens from the trainer's own reader and formatter, so both arms train on identical ids.
+    # Data and tokens from the trainer's own reader and formatter, so every arm trains on identical ids.
     recipe = LoRARecipe(make_job(job_spec(args, {}, out)), work_dir=out)
     recipe.check_data()
     path = fetch_model(recipe.spec.model, recipe.storage)
@@ -143,15 +153,32 @@ def run_hf(args, name: str, out: str) -> dict:
     formatter = PromptFormatter(tokenizer, recipe.spec.dataset)
     train = [formatter.encode(e) for e in recipe.train_set]
     held_out = [formatter.encode(e) for e in recipe.eval_set]
-    width, pad = args.max_len, tokenizer.pad_token_id
-    rows = [{"input_ids": e.input_ids + [pad] * (width - len(e.input_ids)),
-             "attention_mask": [1] * len(e.input_ids) + [0] * (width - len(e.input_ids)),
-             "labels": e.labels + [-100] * (width - len(e.labels))} for e in train]
-
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
+    common = dict(output_dir=out, per_device_train_batch_size=args.batch_size,
+                  gradient_accumulation_steps=args.accumulation, max_steps=args.steps, learning_rate=1e-3,
+                  lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0, max_grad_norm=1.0,
+                  optim="adamw_torch", seed=42, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
+                  dataloader_num_workers=0, disable_tqdm=True)
+    ready_rss = rss_mb()
+    trainer, clock, counter = hf_trainer(name, model, tokenizer, train, args, common)
+    trainer.train()
+    peak = peak_rss_mb()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    loss = mean_loss(model, held_out, tokenizer.pad_token_id, 8, "cpu")
+    return {"seconds": clock["end"] - clock["begin"], "cpu_seconds": clock["cpu_end"] - clock["cpu_begin"],
+            "tokens": counter["tokens"], "steps": trainer.state.global_step,
+            "examples": args.steps * args.batch_size * args.accumulation, "peak_rss_mb": peak,
+            "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def hf_trainer(name: str, model, tokenizer, train: list, args, common: dict):
+    """(trainer, clock, token counter) for one of the HF-family arms."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
     clock: dict[str, float] = {}
+    counter = {"tokens": 0}
 
     class Clock(TrainerCallback):
         def on_train_begin(self, *a, **k):
@@ -160,29 +187,41 @@ def run_hf(args, name: str, out: str) -> dict:
         def on_train_end(self, *a, **k):
             clock["end"], clock["cpu_end"] = time.monotonic(), time.process_time()
 
-    class Counting(Trainer):
-        tokens = 0
-        losses: list[float] = []
+    def counting(cls):
+        class Counting(cls):
+            def compute_loss(self, model, inputs, *a, **k):  # non-padding tokens of the micro-batch
+                mask = inputs.get("attention_mask")
+                counter["tokens"] += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+                return super().compute_loss(model, inputs, *a, **k)
+        return Counting
 
-        def compute_loss(self, model, inputs, *a, **k):
-            Counting.tokens += int(inputs["attention_mask"].sum())
-            return super().compute_loss(model, inputs, *a, **k)
+    if name == "trl-sft":
+        from trl import SFTConfig, SFTTrainer
 
-    targs = TrainingArguments(
-        output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=args.accumulation,
-        max_steps=args.steps, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0,
-        max_grad_norm=1.0, optim="adamw_torch", seed=42, logging_steps=1, save_strategy="no", report_to="none",
-        use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True)
-    ready_rss = rss_mb()
-    trainer = Counting(model=model, args=targs, train_dataset=rows, callbacks=[Clock()])
-    trainer.train()
-    peak = peak_rss_mb()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    loss = mean_loss(model, held_out, pad, 8, "cpu")
-    return {"seconds": clock["end"] - clock["begin"], "cpu_seconds": clock["cpu_end"] - clock["cpu_begin"],
-            "tokens": Counting.tokens, "steps": trainer.state.global_step,
-            "examples": args.steps * args.batch_size * args.accumulation, "peak_rss_mb": peak,
-            "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": losses[0], "last_loss": losses[-1]}
+        rows = [{"input_ids": e.input_ids, "completion_mask": [int(t != -100) for t in e.labels]} for e in train]
+        from datasets import Dataset
+
+        # max_length None: the ids are already truncated to maxSeqLength by the trainer's formatter (TRL
+        # refuses max_length with padding_free and no packing, as it would not enforce it).
+        # gradient_checkpointing False: SFTConfig turns it on by default (TrainingArguments and ours do not),
+        # which trades speed for memory; the other arms have it off.
+        config = SFTConfig(**common, completion_only_loss=True, padding_free=True, max_length=None,
+                           gradient_checkpointing=False)
+        return counting(SFTTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                                    processing_class=tokenizer, callbacks=[Clock()]), clock, counter
+    if name == "hf-dynamic":
+        rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
+                for e in train]
+        targs = TrainingArguments(**common, remove_unused_columns=False, train_sampling_strategy="group_by_length")
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        return counting(Trainer)(model=model, args=targs, train_dataset=rows, data_collator=collator,
+                                 callbacks=[Clock()]), clock, counter
+    width, pad = args.max_len, tokenizer.pad_token_id  # hf-naive: everything padded to maxSeqLength
+    rows = [{"input_ids": e.input_ids + [pad] * (width - len(e.input_ids)),
+             "attention_mask": [1] * len(e.input_ids) + [0] * (width - len(e.input_ids)),
+             "labels": e.labels + [-100] * (width - len(e.labels))} for e in train]
+    targs = TrainingArguments(**common, remove_unused_columns=False)
+    return counting(Trainer)(model=model, args=targs, train_dataset=rows, callbacks=[Clock()]), clock, counter
 
 
 def worker(args) -> None:
@@ -199,7 +238,7 @@ def worker(args) -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     with tempfile.TemporaryDirectory(prefix="bench-") as out:
-        run = run_hf if args.worker == "hf-naive" else run_ours
+        run = run_hf if args.worker in BASELINES + ("hf-naive",) else run_ours
         result = run(args, args.worker, out)
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -229,7 +268,9 @@ def spawn(args, arm: str) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    base = results[0]
+    """Ratios against the fastest baseline of the run (the first arm when no baseline ran)."""
+    baselines = [r for r in results if r["arm"] in BASELINES] or results[:1]
+    base = max(baselines, key=lambda r: r["tokens_per_s"])
     head = ("| arm | what | non-pad tokens | train s (CPU s) | tokens/s | x | tokens/CPU s | x | peak RSS MB | x "
             "| eval loss | load 1m |")
     lines = [head, "|" + "---|" * 12]
@@ -272,6 +313,7 @@ def main() -> None:
     results = [spawn(args, arm) for arm in arms]
     print()
     print(table(results))
+    print(f"\nratios against {max([r for r in results if r['arm'] in BASELINES] or results[:1], key=lambda r: r['tokens_per_s'])['arm']} (the fastest baseline of this run)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 

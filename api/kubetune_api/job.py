@@ -82,7 +82,16 @@ HASH_NEUTRAL_AT_DEFAULT = (
     ("dataset", "maskHistory"),
     ("dataset", "maxRowBytes"),
     ("dataset", "maxFileBytes"),
+    ("training", "earlyStopping"),
 )
+# Fields whose default changed after 0.1.0 from a fixed value to one the trainer works out (unset: None).
+# Left unset they hash as the value 0.1.0 filled in, so a manifest that already trained keeps its hash and
+# never trains again after an upgrade (what a new run of it trains changes, as with any trainer upgrade).
+# The price: spelling out the old value hashes the same as leaving the field unset (as it did in 0.1.0).
+HASHED_AS_BEFORE_WHEN_UNSET = {
+    ("training", "epochs"): 3.0,  # unset: early stopping, at most earlyStopping.maxEpochs
+    ("evaluation", "generation", "maxNewTokens"): 128,  # unset: fitted to the reference answers
+}
 
 
 def spec_hash(spec: FineTuneJobSpec) -> str:
@@ -94,6 +103,12 @@ def spec_hash(spec: FineTuneJobSpec) -> str:
     effective["training"].pop("sharding", None)
     # The model's shape only informs the memory estimate; the trainer reads the model's own config.json.
     effective["model"].pop("shape", None)
+    for path, before in HASHED_AS_BEFORE_WHEN_UNSET.items():
+        parent = effective
+        for key in path[:-1]:
+            parent = parent[key]
+        if parent[path[-1]] is None and not (path[-1] == "epochs" and parent["maxSteps"] is not None):
+            parent[path[-1]] = before
     for path in HASH_NEUTRAL_AT_DEFAULT:
         parent = effective
         for key in path[:-1]:

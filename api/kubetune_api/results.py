@@ -73,6 +73,8 @@ class TrainerResult(ApiModel):
     artifacts: dict[str, str] = Field(default_factory=dict, description="Artefact URIs by name.")
     step: int | None = Field(default=None, description="Optimizer steps done, for a status written after the fact.")
     total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    stop_reason: str | None = Field(default=None, description="Why training stopped (status.StopReason).")
+    best_step: int | None = Field(default=None, description="The step whose adapter was saved.")
     serving_compatible: bool | None = Field(default=None, description="vLLM/SGLang serve the adapter as trained.")
     serving_reason: str | None = Field(default=None, description="Reason constant of the serving check.")
     serving_message: str | None = Field(default=None, description="What the serving check found, and what to do.")

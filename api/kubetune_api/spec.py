@@ -317,12 +317,44 @@ class MethodSpec(ApiModel):
         return self
 
 
+class EarlyStoppingSpec(ApiModel):
+    """Stop when the held-out loss stops improving and keep the best adapter, as Hugging Face's
+    EarlyStoppingCallback with load_best_model_at_end and metric_for_best_model eval_loss."""
+
+    eval_steps: int | None = Field(
+        default=None, ge=1,
+        description="Evaluate every N optimizer steps (eval_steps). Default: a quarter of an epoch.",
+    )
+    eval_samples: int = Field(
+        default=64, ge=1, le=100000,
+        description="Held-out examples whose mean loss per answer token is watched: the same ones at every "
+        "evaluation. Default: 64.",
+    )
+    patience: int = Field(
+        default=2, ge=1, le=1000,
+        description="Evaluations in a row without improvement before training stops (early_stopping_patience). "
+        "Default: 2.",
+    )
+    min_delta: float = Field(
+        default=0.01, ge=0,
+        description="How much the eval loss must fall below the best so far to count as an improvement "
+        "(early_stopping_threshold), in nats per answer token. Default: 0.01.",
+    )
+    max_epochs: float = Field(
+        default=3.0, gt=0, le=1000,
+        description="The most epochs trained when training.epochs and maxSteps are unset (the learning-rate "
+        "schedule spans them). Default: 3.",
+    )
+
+
 class TrainingSpec(ApiModel):
     """Optimisation settings; names follow Hugging Face TrainingArguments."""
 
     epochs: float | None = Field(
         default=None, gt=0, le=1000,
-        description="Passes over the training data. Mutually exclusive with maxSteps; default 3 when neither is set.",
+        description="Passes over the training data. Mutually exclusive with maxSteps. When neither is set, "
+        "training stops once the held-out loss stops improving (earlyStopping's defaults), after at most "
+        "earlyStopping.maxEpochs epochs, and keeps the best adapter.",
     )
     max_steps: int | None = Field(default=None, ge=1, description="Optimizer steps to run. Mutually exclusive with epochs.")
     learning_rate: float = Field(default=2e-4, gt=0, le=1, description="Peak learning rate. Default: 2e-4.")
@@ -356,19 +388,43 @@ class TrainingSpec(ApiModel):
         "shard it). auto picks ddp when the base fits one GPU, else fsdp. Default: auto.",
     )
 
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None,
+        description="Evaluate the held-out loss during training, stop when it stops improving and keep the best "
+        "adapter. On by default when neither epochs nor maxSteps is set; with either, only when set here.",
+    )
+
     @model_validator(mode="after")
     def _rules(self) -> TrainingSpec:
         if self.epochs is not None and self.max_steps is not None:
             raise ValueError("set either training.epochs or training.maxSteps, not both")
-        if self.epochs is None and self.max_steps is None:
-            self.epochs = 3.0
+        explicit = self.epochs is not None or self.max_steps is not None
+        if explicit and self.early_stopping is not None and "max_epochs" in self.early_stopping.model_fields_set:
+            raise ValueError("training.earlyStopping.maxEpochs caps training only when training.epochs and "
+                             "training.maxSteps are unset; remove it, or remove training.epochs/maxSteps")
         return self
+
+    def stopping(self) -> EarlyStoppingSpec | None:
+        """The early stopping this run uses: the spec's, or the default one when no length is set."""
+        if self.early_stopping is None and self.epochs is None and self.max_steps is None:
+            return EarlyStoppingSpec()
+        return self.early_stopping
+
+    def planned_epochs(self) -> float | None:
+        """Epochs to plan the schedule for (None when maxSteps is set)."""
+        if self.max_steps is not None:
+            return None
+        return self.epochs if self.epochs is not None else self.stopping().max_epochs
 
 
 class GenerationSpec(ApiModel):
     """Decoding settings for the generation metrics."""
 
-    max_new_tokens: int = Field(default=128, ge=1, le=8192, description="Tokens generated per prompt. Default: 128.")
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, le=8192,
+        description="Most tokens generated per prompt. Default: the longest reference answer of the scored "
+        "examples in tokens, plus a quarter and 8 (a longer generation cannot match it).",
+    )
     temperature: float = Field(default=0.0, ge=0, le=5, description="0 means greedy decoding. Default: 0.")
 
 

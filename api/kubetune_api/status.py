@@ -78,6 +78,14 @@ class Reason:
     GPU_MEMORY_UNKNOWN = "GPUMemoryUnknown"  # no gpuProduct, or one the GPU table does not list
 
 
+class StopReason:
+    """Why training stopped (status.stopReason, metrics.json, the train log)."""
+
+    EARLY_STOPPED = "EarlyStopped"  # the held-out loss stopped improving; the best adapter is kept
+    MAX_EPOCHS = "MaxEpochs"  # training.epochs done (or earlyStopping.maxEpochs when no length is set)
+    MAX_STEPS = "MaxSteps"  # training.maxSteps done
+
+
 Phase = Literal["Pending", "Running", "Unknown", "Suspended", "Succeeded", "Failed"]
 
 
@@ -160,6 +168,13 @@ class FineTuneJobStatus(ApiModel):
     progress: Progress | None = Field(default=None, description="Live training progress.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Held-out metrics of the tuned model.")
     base_metrics: dict[str, float] = Field(default_factory=dict, description="The same metrics for the base model.")
+    stop_reason: str | None = Field(
+        default=None, description="Why training stopped: EarlyStopped, MaxEpochs or MaxSteps."
+    )
+    best_step: int | None = Field(
+        default=None, description="The optimizer step whose adapter was kept (the lowest held-out loss when "
+        "early stopping watched it; else the last step)."
+    )
     eval_summary: str | None = Field(default=None, description="One-line metric summary for kubectl get.")
     artifacts: Artifacts | None = Field(default=None, description="Artefact URIs.")
     message: str | None = Field(default=None, description="Latest human-readable state.")

@@ -32,6 +32,7 @@ def record_success(st: FineTuneJobStatus, cond: Callable[..., Any], job: FineTun
         return
     st.metrics, st.base_metrics = dict(result.metrics), dict(result.base_metrics)
     st.data_version = result.data_version
+    st.stop_reason, st.best_step = result.stop_reason, result.best_step
     known = {k: v for k, v in result.artifacts.items() if k in Artifacts.model_fields}
     st.artifacts = Artifacts(**{"root": job.artifact_root(), **known})
     gate = job.spec.evaluation.gate

@@ -201,7 +201,7 @@ class _Planner:
             elif cond.type not in (C.VALIDATED, C.SUSPENDED):
                 self.cond(cond.type, False, Reason.SPEC_CHANGED, message)
         for name in ("pod_name", "start_time", "completion_time", "progress", "eval_summary", "artifacts",
-                     "next_attempt_time", "data_version"):
+                     "next_attempt_time", "data_version", "stop_reason", "best_step"):
             setattr(self.st, name, None)
         self.st.attempts = self.st.retries = 0
         self.st.metrics, self.st.base_metrics = {}, {}

@@ -66,8 +66,18 @@ def test_a_field_added_since_counts_once_set_away_from_its_default():
         for key in path[:-1]:
             parent = parent.setdefault(key, {})
         default = _default_of(path)
-        parent[path[-1]] = (not default) if isinstance(default, bool) else default + 1
+        parent[path[-1]] = {} if default is None else (not default) if isinstance(default, bool) else default + 1
         assert h(spec) != h(BASE), path
+
+
+def test_defaults_changed_since_keep_the_hash_of_a_manifest_that_leaves_them_unset():
+    # 0.1.0 trained 3 epochs and generated 128 tokens when unset; now it stops early and fits the answers.
+    # A manifest that already trained must not train again: unset still hashes as the old value did.
+    assert parse_spec(BASE).training.epochs is None
+    assert h(BASE) == h({**BASE, "training": {"epochs": 3}, "evaluation": {"generation": {"maxNewTokens": 128}}})
+    assert h(BASE) != h({**BASE, "training": {"epochs": 3, "earlyStopping": {}}})
+    assert h(BASE) != h({**BASE, "training": {"earlyStopping": {"patience": 5}}})
+    assert h(BASE) != h({**BASE, "evaluation": {"generation": {"maxNewTokens": 64}}})
 
 
 def test_hash_ignores_how_and_where_it_runs():

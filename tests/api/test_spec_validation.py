@@ -30,7 +30,9 @@ def test_minimal_spec_gets_sensible_defaults():
     spec = parse_spec(MINIMAL)
     assert spec.method.type == "lora"
     assert spec.method.lora.target_modules == ["all-linear"]
-    assert spec.training.epochs == 3.0 and spec.training.max_steps is None
+    assert spec.training.epochs is None and spec.training.max_steps is None
+    # no length set: train until the held-out loss stops improving, at most 3 epochs
+    assert spec.training.stopping().max_epochs == 3.0 and spec.training.planned_epochs() == 3.0
     assert spec.dataset.eval_split == 0.1
     assert spec.evaluation.compare_base is True
     assert spec.resources.gpus == 1
@@ -48,6 +50,13 @@ def test_camel_case_fields_map_to_hugging_face_names():
     assert spec.training.learning_rate == 1e-4
     assert spec.training.gradient_accumulation == 4
     assert spec.training.max_steps == 10 and spec.training.epochs is None
+    assert spec.training.stopping() is None, "an explicit length is honoured: no early stopping unless asked"
+
+
+def test_early_stopping_with_an_explicit_length_only_when_asked_for():
+    assert parse_spec(with_("training", {"epochs": 2})).training.stopping() is None
+    spec = parse_spec(with_("training", {"epochs": 2, "earlyStopping": {"patience": 4}}))
+    assert spec.training.stopping().patience == 4 and spec.training.planned_epochs() == 2
 
 
 INVALID = [
@@ -57,6 +66,8 @@ INVALID = [
     ("output missing", {k: v for k, v in MINIMAL.items() if k != "output"}, "spec.output", "required"),
     ("unknown top-level field", with_("learningRate", 1e-4), "spec.learningRate", "accepted fields here"),
     ("typo in training", with_("training.learningrate", 1e-4), "spec.training.learningrate", "learningRate"),
+    ("max epochs with epochs", with_("training", {"epochs": 2, "earlyStopping": {"maxEpochs": 5}}),
+     "spec.training", "only when training.epochs and training.maxSteps are unset"),
     ("ftp model uri", with_("model.uri", "ftp://host/model"), "spec.model.uri", "s3://bucket/prefix"),
     ("bad s3 bucket", with_("model.uri", "s3://B/x"), "spec.model.uri", "s3://bucket/prefix"),
     ("bad hf uri", with_("model.uri", "hf://org/name/extra/x"), "spec.model.uri", "hf://org/name"),

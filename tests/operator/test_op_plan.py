@@ -143,6 +143,17 @@ def test_serving_and_tracking_verdicts_become_conditions():
     assert (tracked.status, tracked.reason) == ("False", Reason.TRACKER_UNAVAILABLE) and "http://m:5000" in tracked.message
 
 
+def test_why_training_stopped_reaches_the_status():
+    body = started()
+    msg = result_message(metrics={"evalLoss": 0.4}, step=42, totalSteps=105, stopReason="EarlyStopped", bestStep=36,
+                         message="training complete: evalLoss 0.4; stopped after step 42 of 105 (EarlyStopped), "
+                         "adapter of step 36 kept (lowest held-out loss)")
+    _, body = reconcile(body, [terminated(body, 1, 0, "Completed", msg)], now=41)
+    st = body["status"]
+    assert (st["stopReason"], st["bestStep"], st["progress"]["step"]) == ("EarlyStopped", 36, 42)
+    assert "adapter of step 36 kept" in cond(body, C.SUCCEEDED).message
+
+
 def test_a_result_without_verdicts_sets_no_such_conditions():
     body = started()
     _, body = reconcile(body, [terminated(body, 1, 0, "Completed", result_message(metrics={"evalLoss": 1.0}))], now=41)

@@ -9,6 +9,7 @@ from pathlib import Path
 from kubetune_api.dataversion import data_version
 
 from .claims import OutputClaim
+from .early_stopping import stop_summary
 from .handoff import check_serving, name_the_base
 from .lineage import lineage_document, resolved_revision
 from .modelcard import model_card
@@ -111,7 +112,9 @@ def metrics_document(recipe) -> dict:
     return {
         **recipe.results,
         "training": {
-            "steps": recipe.schedule.total_steps, "seconds": round(recipe.train_seconds, 1),
+            "steps": recipe.last_step, "plannedSteps": recipe.schedule.total_steps,
+            "stopReason": recipe.stop_reason, "bestStep": recipe.best_step,
+            "seconds": round(recipe.train_seconds, 1),
             "finalLoss": steps[-1]["loss"] if steps else None, "resumedFrom": recipe.resumed_from,
         },
         "data": {**vars(recipe.data_report), "tokens": recipe.token_stats},
@@ -147,7 +150,8 @@ def report_context(recipe) -> dict:
     return {
         "name": f"{recipe.job.metadata.namespace}/{recipe.job.metadata.name}", "model": recipe.spec.model.uri,
         "method": recipe.spec.method.type.upper(), "spec_hash": recipe.job.spec_hash,
-        "data": vars(recipe.data_report), "steps": recipe.schedule.total_steps,
+        "data": vars(recipe.data_report), "steps": recipe.last_step, "stop": stop_summary(recipe),
+        "gate_first_reached": recipe.results.get("gateFirstReached"),
         "train_seconds": round(recipe.train_seconds, 1), "base": recipe.results["base"],
         "tuned": recipe.results["tuned"], "verdicts": [{"ok": c["passed"], "message": c["message"]} for c in checks],
         "tokens": recipe.token_stats, "max_seq": recipe.spec.dataset.max_seq_length,

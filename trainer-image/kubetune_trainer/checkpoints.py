@@ -44,9 +44,11 @@ class Checkpoints:
         """The training state a checkpoint was saved with (its state.json), without downloading the rest."""
         return json.loads(self.store.read_text(f"{PREFIX}/step-{step}/state.json"))
 
-    def save(self, step: int, trainable: dict, optimizer_state: dict, scheduler, state: dict) -> str:
+    def save(self, step: int, trainable: dict, optimizer_state: dict, scheduler, state: dict,
+             best: dict | None = None) -> str:
         """`trainable` and `optimizer_state` hold whole tensors keyed by parameter name (distributed.py), so
-        any number of processes, sharded or not, can resume from them."""
+        any number of processes, sharded or not, can resume from them. `best`: the adapter early stopping
+        keeps (early_stopping.py), when there is one."""
         import torch
 
         local = self.scratch / f"step-{step}"
@@ -56,6 +58,8 @@ class Checkpoints:
         torch.save(optimizer_state, local / "optimizer.pt")
         torch.save(scheduler.state_dict(), local / "scheduler.pt")
         torch.save(_rng_state(), local / "rng.pt")
+        if best is not None:
+            torch.save(best, local / "best.pt")
         (local / "state.json").write_text(json.dumps({**state, "step": step}))
         uri = self.store.put_tree(f"{PREFIX}/step-{step}", local)
         self.store.write_text(f"{PREFIX}/step-{step}/{MARKER}", f"{step}\n")
@@ -75,7 +79,8 @@ class Checkpoints:
 
     def load(self, step: int, scheduler) -> tuple[dict, dict, dict]:
         """(trainable tensors, optimizer state, state.json) of a checkpoint; the scheduler and the RNGs are
-        restored here, the tensors by the caller (distributed.ProcessGroup.load_state)."""
+        restored here, the tensors by the caller (distributed.ProcessGroup.load_state). The best adapter
+        early stopping kept, if saved, is in the state as "bestAdapter"."""
         import torch
 
         local = self.store.get_tree(f"{PREFIX}/step-{step}", self.scratch / f"resume-{step}")
@@ -83,7 +88,10 @@ class Checkpoints:
         optimizer_state = torch.load(local / "optimizer.pt", map_location="cpu")
         scheduler.load_state_dict(torch.load(local / "scheduler.pt", map_location="cpu"))
         _set_rng_state(torch.load(local / "rng.pt", map_location="cpu", weights_only=False))
-        return trainable, optimizer_state, json.loads((local / "state.json").read_text())
+        state = json.loads((local / "state.json").read_text())
+        if (local / "best.pt").exists():
+            state["bestAdapter"] = torch.load(local / "best.pt", map_location="cpu")
+        return trainable, optimizer_state, state
 
 
 def _rng_state() -> dict:

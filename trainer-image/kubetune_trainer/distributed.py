@@ -218,8 +218,18 @@ class ProcessGroup:
 
     def load_state(self, model, optimizer, trainable: dict, optimizer_state: dict) -> None:
         """Put whole tensors from a checkpoint back into (possibly sharded) parameters and optimizer state."""
-        import torch
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        self.load_trainable(model, trainable)
+        if all(isinstance(k, int) for k in optimizer_state.get("state", {})):  # a checkpoint from before names
+            optimizer.load_state_dict(optimizer_state)
+            return
+        options = StateDictOptions(full_state_dict=True) if self._started else None
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state, options=options)
+
+    def load_trainable(self, model, trainable: dict) -> None:
+        """Whole tensors (from `trainable_state`) back into the (possibly sharded) trainable parameters."""
+        import torch
 
         params = dict(model.named_parameters())
         missing = [n for n in trainable if n not in params]
@@ -235,11 +245,6 @@ class ProcessGroup:
                     p.to_local().copy_(value)
                 else:
                     p.copy_(value)
-        if all(isinstance(k, int) for k in optimizer_state.get("state", {})):  # a checkpoint from before names
-            optimizer.load_state_dict(optimizer_state)
-            return
-        options = StateDictOptions(full_state_dict=True) if self._started else None
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state, options=options)
 
 
 def choose_sharding(requested: str, method: str, device: str, weights_bytes: int, device_bytes: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 from .batching import chunks, pad_batch
 from .data import Example
@@ -30,32 +31,51 @@ def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, devic
     return total / max(tokens, 1)
 
 
+MAX_NEW_TOKENS = 8192  # generation.maxNewTokens' upper bound
+
+
+def fitted_max_new_tokens(formatter: PromptFormatter, examples: list[Example]) -> int:
+    """The default generation.maxNewTokens: the longest answer of `examples` in tokens (its end-of-turn marker
+    included), plus a quarter and 8. A generation that runs past it is already longer than every reference."""
+    longest = max((len(formatter.answer_ids(e)) for e in examples), default=0)
+    return min(MAX_NEW_TOKENS, math.ceil(1.25 * longest) + 8)
+
+
 def generate(model, formatter: PromptFormatter, examples: list[Example], generation, batch_size: int,
              device: str, on_batch=None, dist=None) -> list[str]:
-    """Decoded answers for `examples`: greedy when temperature is 0, prompts left-padded. With a process
-    group each rank decodes its share of the same batches (so the same padding) and every rank gets all."""
+    """Decoded answers for `examples`, in their order: greedy when temperature is 0. Prompts of similar
+    length are batched together (sorted by length, left-padded), every sequence stops at its own end of
+    turn and the batch when all have, with the KV cache on. With a process group each rank decodes its
+    share of the same batches (so the same padding) and every rank gets all."""
     import torch
 
     tokenizer = formatter.tokenizer
     stop = {tokenizer.eos_token_id, *(_as_list(getattr(model.generation_config, "eos_token_id", None)))}
     stop.discard(None)
     sampling = generation.temperature > 0
-    outputs: list[str] = []
+    max_new = generation.max_new_tokens or fitted_max_new_tokens(formatter, examples)
+    prompts = [formatter.prompt_ids(e) for e in examples]
+    order = sorted(range(len(examples)), key=lambda i: len(prompts[i]))
+    outputs: list[list[str]] = []
     model.eval()
-    groups = list(chunks(examples, batch_size))
+    groups = list(chunks(order, batch_size))
     for group in dist.shard(groups) if dist else groups:
-        batch = pad_batch([formatter.prompt_ids(e) for e in group], tokenizer.pad_token_id, left=True)
+        batch = pad_batch([prompts[i] for i in group], tokenizer.pad_token_id, left=True)
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.no_grad():
             out = model.generate(
-                **batch, max_new_tokens=generation.max_new_tokens, do_sample=sampling,
+                **batch, max_new_tokens=max_new, do_sample=sampling, use_cache=True,
                 temperature=generation.temperature if sampling else None, top_p=None, top_k=None,
                 eos_token_id=sorted(stop), pad_token_id=tokenizer.pad_token_id)
         texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         outputs.append([t.strip() for t in texts])
         if on_batch:
             on_batch(sum(map(len, outputs)))
-    return [text for group in (dist.gather(outputs) if dist else outputs) for text in group]
+    decoded = [text for group in (dist.gather(outputs) if dist else outputs) for text in group]
+    by_example = [""] * len(examples)
+    for i, text in zip(order, decoded, strict=True):
+        by_example[i] = text
+    return by_example
 
 
 def _as_list(value) -> list:

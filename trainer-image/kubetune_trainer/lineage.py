@@ -73,5 +73,6 @@ def lineage_document(recipe, weights: dict, revision: str | None) -> dict:
         "image": {"reference": os.environ.get(Env.IMAGE), "id": os.environ.get(Env.IMAGE_ID)},
         "attempt": int(os.environ.get(Env.ATTEMPT) or 1),
         "resumedFromStep": recipe.resumed_from,
-        "training": {"steps": recipe.schedule.total_steps, "seconds": round(recipe.train_seconds, 1)},
+        "training": {"steps": recipe.last_step, "bestStep": recipe.best_step, "stopReason": recipe.stop_reason,
+                     "seconds": round(recipe.train_seconds, 1)},
     }

@@ -55,7 +55,8 @@ def _body(recipe, lineage: dict, serving: dict, base: str) -> str:
         "",
         f"A {spec.method.type.upper()} adapter (rank {lora.r}, alpha {lora.alpha}, targets "
         f"{', '.join(lora.target_modules)}) for `{base}`, trained by kubetune {lineage['trainer']['version']} "
-        f"on {recipe.data_report.train} examples for {recipe.schedule.total_steps} steps and evaluated on "
+        f"on {recipe.data_report.train} examples for {recipe.last_step} steps (adapter of step {recipe.best_step}, "
+        f"{recipe.stop_reason}) and evaluated on "
         f"{recipe.data_report.eval} held-out examples. Spec hash `{job.spec_hash}`; every input, the base's "
         "weight digest and the trainer image are in `lineage.json` next to this folder.",
         "",

@@ -248,6 +248,10 @@ class PromptFormatter:
             ids += self._ids(text, first=i == 0)
         return ids
 
+    def answer_ids(self, example: Example) -> list[int]:
+        """The ids of the example's answer as trained (with its end-of-turn marker)."""
+        return self._ids(self.segments(example)[-1][0], first=False)
+
     def reference(self, example: Example) -> str:
         """The answer as generation metrics compare it: its tokens decoded as generations are."""
         answer = self.segments(example)[-1][0]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from kubetune_api.job import FineTuneJob
 from kubetune_api.results import Env, TrainerResult
+from kubetune_api.status import StopReason
 
 from . import data as datamod
 from . import fitcheck, preflight
@@ -23,12 +24,12 @@ from .checkpoints import Checkpoints
 from .datafiles import Limits, check_stored_size
 from .dataversion import RunRoot
 from .distributed import ProcessGroup, balanced_shards, choose_sharding, device_bytes, weights_bytes
+from .early_stopping import EarlyStopping, no_watch_note, stop_summary
 from .errors import ConfigError
-from .evaluation import base_model_context, generate, mean_loss
+from .evaluation import mean_loss
 from .handoff import serving_fields
 from .lineage import weights_digest
 from .loss import answer_loss, check_packing
-from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
 from .models import (
     attach_adapter,
     device_and_dtype,
@@ -40,6 +41,7 @@ from .models import (
 from .preflight import check_output, check_weights
 from .progress import ProgressReporter
 from .prompting import PromptFormatter, compile_custom, length_stats
+from .scoring import score_held_out
 from .stopping import GracefulStop, Interrupted
 from .storage import ArtifactStore, Background, Storage
 
@@ -212,7 +214,7 @@ class LoRARecipe:
         if self.resume_step is not None:
             self.micro_batch = self.checkpoints.state(self.resume_step).get("microBatch", self.micro_batch)
         self.schedule = Schedule(len(self.train_encoded), self.micro_batch, t.gradient_accumulation, t.seed,
-                                 epochs=t.epochs, max_steps=t.max_steps,
+                                 epochs=t.planned_epochs(), max_steps=t.max_steps,
                                  lengths=[len(e.input_ids) for e in self.train_encoded], group_by_length=grouped)
         max_len, fraction = self.spec.dataset.max_seq_length, self.levers.pass_tokens
         self.pass_budget = max(max_len, int(fraction * t.batch_size * max_len)) if fraction else None
@@ -220,6 +222,9 @@ class LoRARecipe:
         self.scheduler = get_scheduler(t.scheduler, self.optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
                                        num_training_steps=total)
         self.scaler = torch.amp.GradScaler(self.device, enabled=self.dtype == torch.float16)
+        stopping = t.stopping()
+        self.watch = EarlyStopping(stopping, self.schedule.steps_per_epoch, self.eval_encoded,
+                                   self.spec.evaluation.gate) if stopping and self.eval_encoded else None
 
     # ---- train -------------------------------------------------------------------------------------
     def train(self) -> None:
@@ -227,11 +232,12 @@ class LoRARecipe:
         total = self.schedule.total_steps
         self.log.append({"event": "start", "step": start, "attempt": int(os.environ.get(Env.ATTEMPT) or 1),
                          "worldSize": self.dist.world_size, "sharding": self.sharding, "time": round(time.time(), 3)})
+        self.last_step, plateau = start, self.watch is not None and self.watch.stop
         with self.stop.deferred():
             self.reporter.start_training(start, total)
             self.model.train()
             began = time.monotonic()
-            for step in self.schedule.steps(start):
+            for step in [] if plateau else self.schedule.steps(start):
                 loss, stopping = self._train_step(step.micro_batches)
                 lr = self.scheduler.get_last_lr()[0]
                 self.log.append({"event": "step", "step": step.number, "epoch": round(step.epoch, 4),
@@ -239,22 +245,54 @@ class LoRARecipe:
                                  "learningRate": lr, "tokens": self.last_step_tokens,
                                  "time": round(time.time(), 3)})
                 self.reporter.step(step.number, step.epoch, loss, lr)
+                self.last_step = step.number
+                plateau = self._watch(step.number, total)
                 if self.checkpoints.due(step.number, total) or stopping:
                     self._checkpoint(step.number, self.train_seconds + time.monotonic() - began)
                 if stopping:  # every rank got (or was told of) SIGTERM after this step; leave once it is saved
                     self.dist.barrier()
                     raise Interrupted(f"stopped by SIGTERM after step {step.number} of {total} (pod deleted or node "
                                       f"drained); checkpoint step-{step.number} saved, the next attempt resumes there")
+                if plateau:
+                    break
             self.train_seconds += time.monotonic() - began
+        self._finish_training(plateau)
+
+    def _watch(self, step: int, total: int) -> bool:
+        """Early stopping's evaluation when one is due; whether training should stop here."""
+        if self.watch is None or not self.watch.due(step, total):
+            return False
+        loss = mean_loss(self.model, self.watch.subset, self.tokenizer.pad_token_id, self._eval_batch(), self.device,
+                         self.dist)
+        self.model.train()
+        self.log.append({**self.watch.record(step, loss, lambda: self.dist.trainable_state(self.model)),
+                         "time": round(time.time(), 3)})
+        return self.watch.stop
+
+    def _finish_training(self, plateau: bool) -> None:
+        """Why training stopped, and the best adapter put back when it is not the last one."""
+        t, w = self.spec.training, self.watch
+        self.stop_reason = StopReason.EARLY_STOPPED if plateau else \
+            StopReason.MAX_STEPS if t.max_steps is not None else StopReason.MAX_EPOCHS
+        self.best_step = self.last_step
+        if w is not None and w.best_step is not None and w.best_step != self.last_step:
+            self.dist.load_trainable(self.model, w.best_state)
+            self.best_step = w.best_step
+        self.gate_note = w.gate_note() if w else no_watch_note(self.spec.evaluation.gate)
+        self.log.append({"event": "stop", "step": self.last_step, "reason": self.stop_reason,
+                         "bestStep": self.best_step, **({"bestEvalLoss": round(w.best_loss, 6)} if w else {}),
+                         "time": round(time.time(), 3)})
 
     def _checkpoint(self, step: int, seconds: float) -> None:
         # Whole tensors gathered by every rank (FSDP shards them), written by one.
         trainable = self.dist.trainable_state(self.model)
         optimizer = self.dist.optimizer_state(self.model, self.optimizer)
         if self.dist.is_writer:
+            watch = {"earlyStopping": self.watch.state()} if self.watch else {}
             self.checkpoints.save(step, trainable, optimizer, self.scheduler,
                                   {"log": self.log, "trainSeconds": seconds, "microBatch": self.micro_batch,
-                                   "worldSize": self.dist.world_size, "sharding": self.sharding})
+                                   "worldSize": self.dist.world_size, "sharding": self.sharding, **watch},
+                                  best=self.watch.best_state if self.watch else None)
 
     def _resume(self) -> int:
         step = self.resume_step  # the writer's choice, so every rank resumes from the same checkpoint
@@ -264,6 +302,8 @@ class LoRARecipe:
         self.dist.load_state(self.model, self.optimizer, trainable, optimizer)
         self.log = [e for e in state.get("log", []) if e.get("step", 0) <= step]
         self.train_seconds = state.get("trainSeconds", 0.0)
+        if self.watch is not None and "earlyStopping" in state:
+            self.watch.restore(state["earlyStopping"], state.get("bestAdapter"))
         self.log.append({"event": "resume", "step": step, "time": round(time.time(), 3)})
         self.resumed_from = step
         return step
@@ -325,49 +365,13 @@ class LoRARecipe:
     # ---- evaluate ----------------------------------------------------------------------------------
     def evaluate(self) -> dict:
         self.reporter.stage("evaluating")
-        ev = self.spec.evaluation
-        batch = min(32, max(8, self.spec.training.batch_size * 2))
-        tuned = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
-                                      self.device, self.dist), ev.metrics)
-        self.log.append({"event": "eval", "step": self.schedule.total_steps, **tuned})
-        samples = self.eval_set[: ev.max_samples]
-        refs = [self.formatter.reference(e) for e in samples]
-        tuned_out = self._generate(samples, batch)
-        tuned.update(generation_scores(tuned_out, refs, ev.metrics))
-        base, base_out = {}, [None] * len(samples)
-        if ev.compare_base:
-            with base_model_context(self.model):
-                base = loss_scores(mean_loss(self.model, self.eval_encoded, self.tokenizer.pad_token_id, batch,
-                                             self.device, self.dist), ev.metrics)
-                base_out = self._generate(samples, batch)
-            base.update(generation_scores(base_out, refs, ev.metrics))
-        self.predictions = [{"prompt": e.user_text, "reference": r, "base": b, "tuned": t}
-                            for e, r, b, t in zip(samples, refs, base_out, tuned_out, strict=True)]
-        self.results = {"tuned": tuned, "base": base, **self._verdicts(tuned, batch)}
+        self.results, self.predictions = score_held_out(self, self._eval_batch())
+        if self.gate_note is not None:
+            self.results["gateFirstReached"] = self.gate_note
         return self.results
 
-    def _generate(self, examples: list, batch: int) -> list[str]:
-        return generate(self.model, self.formatter, examples, self.spec.evaluation.generation, batch, self.device,
-                        dist=self.dist)
-
-    def _verdicts(self, tuned: dict, batch: int) -> dict:
-        ev = self.spec.evaluation
-        out: dict = {"gate": None, "regression": None}
-        if ev.gate is not None:
-            ok, message = gate_verdict(ev.gate, tuned)
-            out["gate"] = {"passed": ok, "message": message}
-        if ev.regression is not None:
-            refs = [self.formatter.reference(e) for e in self.regression]
-            wanted = [ev.regression.metric]
-            tuned_reg = generation_scores(self._generate(self.regression, batch), refs, wanted)
-            with base_model_context(self.model):
-                base_reg = generation_scores(self._generate(self.regression, batch), refs, wanted)
-            ok, message = regression_verdict(ev.regression, base_reg, tuned_reg)
-            out["regression"] = {"passed": ok, "message": message, "base": base_reg, "tuned": tuned_reg}
-        checks = [v for v in out.values() if v is not None]
-        out["gatePassed"] = all(c["passed"] for c in checks) if checks else None
-        out["gateMessage"] = "; ".join(c["message"] for c in checks) or None
-        return out
+    def _eval_batch(self) -> int:
+        return min(32, max(8, self.spec.training.batch_size * 2))
 
     # ---- save --------------------------------------------------------------------------------------
     def save(self) -> TrainerResult:
@@ -382,14 +386,15 @@ class LoRARecipe:
 
             return already_complete(self.job, self.store, self.data_version)
         r = self.results
-        message = "; ".join([summary(r), *(f"warning: {w}" for w in self.data_report.warnings)])
+        message = "; ".join([summary(r), stop_summary(self), *(f"warning: {w}" for w in self.data_report.warnings)])
         return TrainerResult(
             ok=True, reason="Completed", message=message, spec_hash=self.job.spec_hash,
             metrics=r["tuned"], base_metrics=r["base"], gate_passed=r["gatePassed"],
             gate_message=r["gateMessage"], artifacts=artifacts, data_version=self.data_version,
             **serving_fields(self.serving),
-            # Every planned step ran: the operator's status shows it even if it missed the last reports.
-            step=self.schedule.total_steps, total_steps=self.schedule.total_steps,
+            # The operator's status shows the steps even if it missed the last reports.
+            step=self.last_step, total_steps=self.schedule.total_steps,
+            stop_reason=self.stop_reason, best_step=self.best_step,
         )
 
     def cleanup(self) -> None:

@@ -73,7 +73,9 @@ def _markdown(c: dict) -> str:
     lines = [
         f"# {c['name']}", "",
         f"Model `{c['model']}`, {c['method']}, spec hash `{c['spec_hash']}`. {c['data']['train']} training and "
-        f"{c['data']['eval']} held-out examples; {c['steps']} steps in {c['train_seconds']} s.", "",
+        f"{c['data']['eval']} held-out examples; {c['steps']} steps in {c['train_seconds']} s: {c['stop']}.", "",
+        *([f"Gate first reached during training: {c['gate_first_reached']['message']}.", ""]
+          if c.get("gate_first_reached") else []),
         "## Base vs tuned (held-out)", "", "| metric | base | tuned | change |", "| --- | ---: | ---: | ---: |",
     ]
     lines += [f"| {r['metric']} | {r['base']} | {r['tuned']} | {r['delta']} |" for r in c["table"]]

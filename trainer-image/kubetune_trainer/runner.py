@@ -94,6 +94,7 @@ def already_complete(job: FineTuneJob, store: ArtifactStore, data_version: str |
         metrics=stored.get("tuned", {}), base_metrics=stored.get("base", {}),
         gate_passed=stored.get("gatePassed"), gate_message=stored.get("gateMessage"),
         artifacts=artifact_uris(store, job.spec.output.merge_adapter),
+        stop_reason=stored.get("training", {}).get("stopReason"), best_step=stored.get("training", {}).get("bestStep"),
         **serving_fields(stored.get("serving")),
     )
 

@@ -1,0 +1,184 @@
+"""Time to quality (issue 15, item 4): wall time from start to a saved adapter at the plateau metric, ours
+with a minimal manifest against the plain Hugging Face Trainer script a user would write, in the same run.
+
+    .venv/bin/python bench/time_to_quality.py                      # both tasks, both arms
+    .venv/bin/python bench/time_to_quality.py --tasks sku --json ttq.json
+
+Tasks (SmolLM2-135M-Instruct, bundled://smollm2-135m-instruct, fp32 on CPU):
+
+* sku: examples/data/nordvik-sku (304 training, 40 held-out requests -> a short product code), exact match.
+* support: bench/data/nordvik-support (400 training, 48 held-out; answers up to ~400 tokens: packing lists,
+  policies), ROUGE-L.
+
+Arms, each in its own process, one after the other:
+
+* ours: `kubetune run` of a minimal manifest: the model, the training file, how to read it (schema, system
+  prompt) and the output; every training and evaluation knob at its default (early stopping on a held-out
+  tenth of the training file, base and tuned evaluation, report). Wall time is the whole command, spawn to
+  exit, evaluation and artefacts included: what a user waits for.
+* hf-script: transformers.Trainer + PEFT as the transformers/PEFT docs write it: LoRA r 8 (alpha 16,
+  dropout 0.05) on q/k/v/o_proj, AdamW lr 1e-3, linear decay, 1 epoch, batch 8, DataCollatorForSeq2Seq
+  (dynamic padding), then save_pretrained. Wall time spawn to exit (no evaluation of its own). It trains
+  on the same token ids as ours (the trainer's reader and prompt formatter).
+
+Each saved adapter is then scored by the same separate process (plain PEFT: base + adapter, batched greedy
+generation, the trainer's metric functions) on the task's held-out file, which neither arm trained or
+early-stopped on. The ratio ours/hf-script wall time counts only when ours scores at least as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "bundled://smollm2-135m-instruct"
+TASKS = {
+    "sku": {"data": REPO / "examples" / "data" / "nordvik-sku", "metric": "exactMatch", "maxSeqLength": 128,
+            "system": "You are the order assistant of Nordvik Outfitters. Reply with the SKU only."},
+    "support": {"data": REPO / "bench" / "data" / "nordvik-support", "metric": "rougeL", "maxSeqLength": 512,
+                "system": "You are the support assistant of Nordvik Outfitters."},
+}
+
+
+def minimal_manifest(task: dict, out: Path) -> dict:
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ttq"},
+            "spec": {"model": {"uri": MODEL},
+                     "dataset": {"train": {"uri": str(task["data"] / "train.jsonl")}, "schema": "alpaca",
+                                 "systemPrompt": task["system"], "maxSeqLength": task["maxSeqLength"]},
+                     "output": {"uri": str(out)}}}
+
+
+# ---- the baseline script, in its own process -------------------------------------------------------------
+def hf_script(task_name: str, out: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from kubetune_api.job import parse_job
+    from kubetune_trainer.models import fetch_model, load_tokenizer
+    from kubetune_trainer.prompting import PromptFormatter
+    from kubetune_trainer.recipe import LoRARecipe
+
+    task = TASKS[task_name]
+    recipe = LoRARecipe(parse_job(minimal_manifest(task, out / "unused")), work_dir=str(out))
+    recipe.check_data()
+    path = fetch_model(recipe.spec.model, recipe.storage)
+    tokenizer = load_tokenizer(path, False)
+    formatter = PromptFormatter(tokenizer, recipe.spec.dataset)
+    rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
+            for e in map(formatter.encode, recipe.train_set + recipe.eval_set)]  # the whole training file
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, task_type="CAUSAL_LM",
+                                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
+    args = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=8, num_train_epochs=1,
+                             learning_rate=1e-3, save_strategy="no", report_to="none", use_cpu=True,
+                             remove_unused_columns=False, disable_tqdm=True, logging_steps=10, seed=42)
+    Trainer(model=model, args=args, train_dataset=rows,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)).train()
+    model.save_pretrained(out / "adapter")
+
+
+# ---- the scorer, in its own process ----------------------------------------------------------------------
+def score(task_name: str, adapter: Path) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from kubetune_api.job import parse_job
+    from kubetune_api.spec import GenerationSpec
+    from kubetune_trainer.evaluation import generate
+    from kubetune_trainer.metrics import generation_scores
+    from kubetune_trainer.models import fetch_model, load_tokenizer
+    from kubetune_trainer.prompting import PromptFormatter
+    from kubetune_trainer.recipe import LoRARecipe
+
+    task = TASKS[task_name]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = minimal_manifest(task, Path(tmp) / "unused")
+        spec["spec"]["dataset"]["eval"] = {"uri": str(task["data"] / "eval.jsonl")}
+        recipe = LoRARecipe(parse_job(spec), work_dir=tmp)
+        recipe.check_data()
+        path = fetch_model(recipe.spec.model, recipe.storage)
+        tokenizer = load_tokenizer(path, False)
+        formatter = PromptFormatter(tokenizer, recipe.spec.dataset)
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), adapter)
+        out = generate(model, formatter, recipe.eval_set, GenerationSpec(), 16, "cpu")
+        refs = [formatter.reference(e) for e in recipe.eval_set]
+        return generation_scores(out, refs, [task["metric"]])
+
+
+# ---- the driver --------------------------------------------------------------------------------------------
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
+    started = time.monotonic()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return time.monotonic() - started, proc.stdout
+
+
+def run_task(name: str, work: Path) -> list[dict]:
+    task, rows = TASKS[name], []
+    # ours: the minimal manifest through the real command line
+    out = work / name / "ours"
+    manifest = work / name / "ttq.yaml"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(yaml.safe_dump(minimal_manifest(task, out)))
+    seconds, _ = timed([sys.executable, "-m", "kubetune_trainer", "run", str(manifest)])
+    root = next(out.glob("*/ttq/*/"))
+    metrics = json.loads((root / "metrics.json").read_text())
+    rows.append({"task": name, "arm": "ours", "wall_s": seconds, "adapter": str(root / "adapter"),
+                 "train_s": metrics["training"]["seconds"], "steps": metrics["training"]["steps"],
+                 "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"]})
+    base = work / name / "hf"
+    seconds, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base)])
+    rows.append({"task": name, "arm": "hf-script", "wall_s": seconds, "adapter": str(base / "adapter")})
+    for row in rows:
+        _, stdout = timed([sys.executable, __file__, "--worker", "score", "--tasks", name, "--out", row["adapter"]])
+        row["metric"], row["score"] = task["metric"], json.loads(stdout.splitlines()[-1])[task["metric"]]
+        print(f"  {name} {row['arm']}: {row['wall_s']:.0f} s, {row['metric']} {row['score']:.4f} "
+              f"(load {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="sku,support", help="comma-separated: " + ", ".join(TASKS))
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.worker == "hf-script":
+        return hf_script(args.tasks, Path(args.out))
+    if args.worker == "score":
+        print(json.dumps(score(args.tasks, Path(args.out))))
+        return None
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs; load "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="ttq-") as work:
+        for name in args.tasks.split(","):
+            results += run_task(name, Path(work))
+    print("\n| task | arm | wall s | metric | score | ours / hf-script wall | notes |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        base = next(b for b in results if b["task"] == r["task"] and b["arm"] == "hf-script")
+        notes = f"{r['steps']} steps, {r['stop']}, best step {r['best_step']}, training {r['train_s']} s" \
+            if r["arm"] == "ours" else "1 epoch"
+        print(f"| {r['task']} | {r['arm']} | {r['wall_s']:.0f} | {r['metric']} | {r['score']:.4f} "
+              f"| {r['wall_s'] / base['wall_s']:.2f} | {notes} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return None
+
+
+if __name__ == "__main__":
+    main()
