@@ -26,24 +26,21 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-import aiohttp
-
-from . import metrics
 from .builders import JOB_LABEL
 from .children import Children, PodRefused, PodRejected, StaleChild
 from .conditions import merge_patch
 from .events import build_event
-from .kube import ApiError, Kube
+from .kube import Kube
 from .plan import Observed, Plan, plan
 from .progress import Key, ProgressStore
 from .settings import Settings
+from .workqueue import KeyedQueue
 
 log = logging.getLogger(__name__)
 
 # Reconciles that may talk to the API server at once: an operator restart with hundreds of jobs ramps up
 # instead of bursting.
 MAX_CONCURRENT_WRITES = 16
-MAX_ERROR_BACKOFF = 60.0
 
 
 def newest_version(objects: Iterable[dict[str, Any]]) -> str:
@@ -56,19 +53,18 @@ def newest_version(objects: Iterable[dict[str, Any]]) -> str:
         return "0"
 
 
-class Reconciler:
+class Reconciler(KeyedQueue):
+    resource = "FineTuneJob"
+    expected = {StaleChild: "stale-child"}
+
     def __init__(self, kube: Kube, settings: Settings, store: ProgressStore, active: bool = True):
+        super().__init__(active)
         self.kube, self.settings, self.store = kube, settings, store
         self.children = Children(kube, settings)
-        self.active = active  # False on a standby replica (leader.py)
         self.jobs: dict[Key, dict[str, Any]] = {}  # latest body seen per job
         self.pods: dict[Key, dict[str, dict[str, Any]]] = {}  # pods per job, by name
         self.runtimes: dict[str, dict[str, Any]] = {}  # ClusterFineTuneRuntime specs by name
         self.nodes: dict[str, dict[str, Any]] = {}  # each node's Ready condition, by node name
-        self._timers: dict[Key, tuple[float, asyncio.TimerHandle]] = {}
-        self._tasks: dict[Key, asyncio.Task[None]] = {}
-        self._again: set[Key] = set()
-        self._errors: dict[Key, int] = {}
         self._events: dict[Key, int] = {}  # watch events per job (its own and its pods'), see reconcile()
         self._cleaned: set[str] = set()  # uids whose children were removed after their TTL
         self._writes = asyncio.Semaphore(MAX_CONCURRENT_WRITES)
@@ -144,105 +140,11 @@ class Reconciler:
         self.jobs.pop(key, None)
         self.pods.pop(key, None)
         self.store.forget(key)
-        self._errors.pop(key, None)
         self._events.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer:
-            timer[1].cancel()
+        self.cancel(key)
 
-    # ------------------------------------------------------------------ leadership
-
-    def lead(self, active: bool) -> None:
-        """Leader election's verdict. Taking over: every known job is reconciled at once (the plan works
-        from observed state, so nothing the old leader did is lost). Stepping down: timers are dropped and
-        no new reconcile starts; one already running finishes its writes, which stay safe (fresh reads,
-        conditional status patch), well inside the lease's renew deadline."""
-        self.active = active
-        if active:
-            for key in list(self.jobs):
-                self.request(key)
-            return
-        for _, timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-        self._again.clear()
-
-    # ------------------------------------------------------------------ the work queue
-
-    def request(self, key: Key, delay: float = 0.0) -> None:
-        """Reconcile `key` now, or after `delay` seconds (an earlier pending request wins). A standby
-        replica ignores requests: the leader does the work."""
-        if not self.active:
-            return
-        if delay <= 0:
-            self._kick(key)
-            return
-        loop = asyncio.get_running_loop()
-        when = loop.time() + delay
-        pending = self._timers.get(key)
-        if pending and pending[0] <= when:
-            return
-        if pending:
-            pending[1].cancel()
-        self._timers[key] = (when, loop.call_at(when, self._fire, key))
-
-    def _fire(self, key: Key) -> None:
-        self._timers.pop(key, None)
-        self._kick(key)
-
-    def _kick(self, key: Key) -> None:
-        if not self.active:
-            return
-        if key in self._tasks:
-            self._again.add(key)
-        else:
-            self._tasks[key] = asyncio.get_running_loop().create_task(self._work(key))
-
-    async def _work(self, key: Key) -> None:
-        try:
-            while True:
-                self._again.discard(key)
-                delay = await self._reconcile_logged(key)
-                if delay is not None:
-                    self.request(key, delay)
-                if key not in self._again:
-                    return
-        finally:
-            self._tasks.pop(key, None)
-
-    async def stop(self) -> None:
-        for _, timer in self._timers.values():
-            timer.cancel()
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _reconcile_logged(self, key: Key) -> float | None:
-        """Errors are logged with their cause, counted, and retried with exponential backoff."""
-        try:
-            delay = await self.reconcile(key)
-        except StaleChild as err:
-            kind, detail = "stale-child", err.message
-        except ApiError as err:
-            if err.conflict:
-                log.info("FineTuneJob %s/%s changed while it was reconciled; looking again", *key)
-                return 0.2
-            kind, detail = "api", str(err)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            kind, detail = "connection", f"{type(err).__name__}: {err}"
-        except Exception:  # a bug: keep the traceback, keep the other jobs going, retry this one
-            log.exception("reconciling FineTuneJob %s/%s failed", *key)
-            kind, detail = "bug", ""
-        else:
-            self._errors.pop(key, None)
-            return delay
-        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
-        count = self._errors[key] = self._errors.get(key, 0) + 1
-        backoff = min(MAX_ERROR_BACKOFF, 0.5 * 2**count)
-        if detail:
-            log.warning("reconciling FineTuneJob %s/%s: %s; retrying in %.1fs", *key, detail, backoff)
-        return backoff
+    def known_keys(self) -> list[Key]:
+        return list(self.jobs)
 
     # ------------------------------------------------------------------ one reconcile
 

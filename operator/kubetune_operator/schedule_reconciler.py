@@ -6,36 +6,30 @@ next scheduled time is an asyncio timer, never a sleep. Only the leader acts (le
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import logging
 from datetime import datetime, timezone
 from typing import Any
 
-import aiohttp
-
-from . import metrics
 from .conditions import merge_patch
 from .kube import ApiError, Kube
 from .schedule_builders import SCHEDULE_LABEL, build_probe_pod, build_schedule_event
 from .schedule_plan import ScheduleObserved, SchedulePlan, plan_schedule
 from .settings import Settings
+from .workqueue import Key, KeyedQueue
 
 log = logging.getLogger(__name__)
-Key = tuple[str, str]
-MAX_ERROR_BACKOFF = 60.0
 
 
-class ScheduleReconciler:
+class ScheduleReconciler(KeyedQueue):
+    resource = "FineTuneSchedule"
+
     def __init__(self, kube: Kube, settings: Settings, active: bool = True):
-        self.kube, self.settings, self.active = kube, settings, active
+        super().__init__(active)
+        self.kube, self.settings = kube, settings
         self.schedules: dict[Key, dict[str, Any]] = {}
         self.jobs: dict[Key, dict[str, dict[str, Any]]] = {}  # per schedule, by name
         self.probes: dict[Key, dict[str, dict[str, Any]]] = {}
-        self._timers: dict[Key, asyncio.TimerHandle] = {}
-        self._tasks: dict[Key, asyncio.Task[None]] = {}
-        self._again: set[Key] = set()
-        self._errors: dict[Key, int] = {}
 
     # ------------------------------------------------------------------ inputs from kopf
 
@@ -48,9 +42,7 @@ class ScheduleReconciler:
             return
         if kind == "DELETED":
             self.schedules.pop(key, None)
-            timer = self._timers.pop(key, None)
-            if timer:
-                timer.cancel()
+            self.cancel(key)
             return
         self.schedules[key] = copy.deepcopy(body)
         self.request(key)
@@ -70,81 +62,8 @@ class ScheduleReconciler:
         if key in self.schedules:
             self.request(key)
 
-    def lead(self, active: bool) -> None:
-        self.active = active
-        if active:
-            for key in list(self.schedules):
-                self.request(key)
-            return
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
-
-    # ------------------------------------------------------------------ the work queue
-
-    def request(self, key: Key, delay: float = 0.0) -> None:
-        if not self.active:
-            return
-        loop = asyncio.get_running_loop()
-        if delay > 0:
-            pending = self._timers.get(key)
-            when = loop.time() + delay
-            if pending is not None and pending.when() <= when:
-                return
-            if pending is not None:
-                pending.cancel()
-            self._timers[key] = loop.call_at(when, self._fire, key)
-            return
-        if key in self._tasks:
-            self._again.add(key)
-        else:
-            self._tasks[key] = loop.create_task(self._work(key))
-
-    def _fire(self, key: Key) -> None:
-        self._timers.pop(key, None)
-        self.request(key)
-
-    async def _work(self, key: Key) -> None:
-        try:
-            while True:
-                self._again.discard(key)
-                delay = await self._reconcile_logged(key)
-                if delay is not None:
-                    self.request(key, delay)
-                if key not in self._again:
-                    return
-        finally:
-            self._tasks.pop(key, None)
-
-    async def stop(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _reconcile_logged(self, key: Key) -> float | None:
-        try:
-            delay = await self.reconcile(key)
-        except ApiError as err:
-            if err.conflict:
-                return 0.2
-            kind, detail = "api", str(err)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            kind, detail = "connection", f"{type(err).__name__}: {err}"
-        except Exception:  # a bug: keep the traceback, keep the other schedules going, retry this one
-            log.exception("reconciling FineTuneSchedule %s/%s failed", *key)
-            kind, detail = "bug", ""
-        else:
-            self._errors.pop(key, None)
-            return delay
-        metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
-        count = self._errors[key] = self._errors.get(key, 0) + 1
-        backoff = min(MAX_ERROR_BACKOFF, 0.5 * 2**count)
-        if detail:
-            log.warning("reconciling FineTuneSchedule %s/%s: %s; retrying in %.1fs", *key, detail, backoff)
-        return backoff
+    def known_keys(self) -> list[Key]:
+        return list(self.schedules)
 
     # ------------------------------------------------------------------ one reconcile
 
