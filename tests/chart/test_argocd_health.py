@@ -26,10 +26,11 @@ def job(status=None, generation=1, suspend=False):
     return obj
 
 
-def health(obj: dict) -> tuple[str, str]:
+def health(obj: dict, script: Path = SCRIPT) -> tuple[str, str]:
+    """Argo CD's verdict: the Lua health check run on `obj` as Argo CD runs it."""
     lua = lupa.LuaRuntime(unpack_returned_tuples=True)
     lua.globals().obj = lua.table_from(obj, recursive=True)
-    hs = lua.execute(SCRIPT.read_text())
+    hs = lua.execute(script.read_text())
     return hs["status"], hs["message"]
 
 

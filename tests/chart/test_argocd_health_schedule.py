@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-lupa = pytest.importorskip("lupa")
+pytest.importorskip("lupa")
+
+from .test_argocd_health import health as job_health  # noqa: E402  (after the skip)
 
 SCRIPT = Path(__file__).resolve().parents[2] / "docs" / "argocd-health-schedule.lua"
 
@@ -21,10 +23,7 @@ def schedule(status=None, generation=1, suspend=False) -> dict:
 
 
 def health(obj: dict) -> tuple[str, str]:
-    lua = lupa.LuaRuntime(unpack_returned_tuples=True)
-    lua.globals().obj = lua.table_from(obj, recursive=True)
-    hs = lua.execute(SCRIPT.read_text())
-    return hs["status"], hs["message"]
+    return job_health(obj, SCRIPT)
 
 
 VALID = [{"type": "Validated", "status": "True", "reason": "Valid", "message": ""}]
