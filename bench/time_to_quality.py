@@ -69,6 +69,7 @@ def hf_script(task_name: str, out: Path) -> None:
     from kubetune_trainer.recipe import LoRARecipe
 
     task = TASKS[task_name]
+    out.mkdir(parents=True, exist_ok=True)  # the recipe's scratch folder goes below it
     recipe = LoRARecipe(parse_job(minimal_manifest(task, out / "unused")), work_dir=str(out))
     recipe.check_data()
     path = fetch_model(recipe.spec.model, recipe.storage)
@@ -138,6 +139,7 @@ def run_task(name: str, work: Path) -> list[dict]:
     rows.append({"task": name, "arm": "ours", "wall_s": seconds, "adapter": str(root / "adapter"),
                  "train_s": metrics["training"]["seconds"], "steps": metrics["training"]["steps"],
                  "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"]})
+    print(f"  {name} ours: {seconds:.0f} s wall, {rows[0]['steps']} steps, stopped: {rows[0]['stop']}", flush=True)
     base = work / name / "hf"
     seconds, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base)])
     rows.append({"task": name, "arm": "hf-script", "wall_s": seconds, "adapter": str(base / "adapter")})
