@@ -274,12 +274,20 @@ def estimate(shape: ModelShape, work: Workload, stack: Stack = KUBETUNE) -> Esti
     return Estimate({**parts, "overhead": overhead})
 
 
+def auto_sharding(method: str, weights_bytes: int, device_bytes: int) -> str:
+    """training.sharding auto, for the trainer (from the weight files) and the estimate (from the shape):
+    DDP when the base fits one device with room to train (at most half its memory, which leaves the rest for
+    activations, the adapter and its optimizer state), FSDP when it does not. A QLoRA base takes about a
+    quarter of its 16-bit weights in memory (4 bits a weight, plus small quantization constants)."""
+    in_memory = weights_bytes // 4 if method == "qlora" else weights_bytes
+    return "ddp" if in_memory <= device_bytes // 2 else "fsdp"
+
+
 def resolve_sharding(shape: ModelShape, work: Workload, device_bytes: int | None) -> Workload:
-    """training.sharding auto as the trainer resolves it (distributed.choose_sharding): DDP when the base
-    takes at most half a GPU, else FSDP; a 4-bit QLoRA base counts as a quarter of its 16-bit weights."""
+    """training.sharding auto as the trainer resolves it (`auto_sharding`)."""
     if work.sharding != "auto":
         return work
     if work.world_size < 2 or not device_bytes:
         return replace(work, sharding="ddp")
-    stored = shape.params() * (0.5 if work.method == "qlora" else PRECISION_BYTES[work.precision])
-    return replace(work, sharding="ddp" if stored <= device_bytes // 2 else "fsdp")
+    weights = shape.params() * (2 if work.method == "qlora" else PRECISION_BYTES[work.precision])
+    return replace(work, sharding=auto_sharding(work.method, int(weights), device_bytes))

@@ -248,16 +248,15 @@ class ProcessGroup:
 
 
 def choose_sharding(requested: str, method: str, device: str, weights_bytes: int, device_bytes: int) -> str:
-    """`training.sharding` resolved: auto picks DDP when the base fits one device with room to train
-    (its weights at most half the device's memory, which leaves the rest for activations, the adapter and
-    its optimizer state), FSDP when it does not. A QLoRA base takes about a quarter of its 16-bit weight
-    files in memory (4 bits a weight, plus small quantization constants)."""
+    """`training.sharding` resolved: an explicit choice as is; auto is DDP on CPU, else the API's rule
+    (kubetune_api.memory.auto_sharding, which the memory estimate applies too) on the weight files."""
+    from kubetune_api.memory import auto_sharding
+
     if requested != "auto":
         return requested
     if device != "cuda":
         return "ddp"
-    in_memory = weights_bytes // 4 if method == "qlora" else weights_bytes
-    return "ddp" if in_memory <= device_bytes // 2 else "fsdp"
+    return auto_sharding(method, weights_bytes, device_bytes)
 
 
 def weights_bytes(model_path) -> int:

@@ -47,9 +47,9 @@ def device_memory(device: str) -> int | None:
             raise ConfigError(f"{Env.DEVICE_MEMORY_GIB}={override!r} is not a number of GiB") from None
     if device != "cuda":
         return None
-    import torch
+    from .distributed import device_bytes
 
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return device_bytes(device)
 
 
 def preflight(spec, model_path: Path, device: str, dtype_bytes: int, sharding: str = "ddp",
