@@ -4,9 +4,6 @@ venv from requirements/vllm.txt), answers the held-out prompts exactly as the tr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -30,19 +27,9 @@ def _post(url: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """The example job (SmolLM2 on the Nordvik SKUs) through `kubetune run`; its artefact root."""
-    folder = tmp_path_factory.mktemp("serving")
-    job = yaml.safe_load(EXAMPLE.read_text())
-    job["spec"]["dataset"]["train"]["uri"] = str(EXAMPLE.parent / job["spec"]["dataset"]["train"]["uri"])
-    job["spec"]["dataset"]["eval"]["uri"] = str(EXAMPLE.parent / job["spec"]["dataset"]["eval"]["uri"])
-    job["spec"]["output"]["uri"] = str(folder / "runs")
-    (folder / "job.yaml").write_text(yaml.safe_dump(job))
-    proc = subprocess.run([sys.executable, "-m", "kubetune_trainer", "run", str(folder / "job.yaml")],
-                          capture_output=True, text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    [root] = (folder / "runs").glob("default/nordvik-sku/*")
-    return root
+def trained(smollm2_example) -> Path:
+    """The example job (SmolLM2 on the Nordvik SKUs), trained once for the session: its artefact root."""
+    return smollm2_example["root"]
 
 
 @pytest.fixture(scope="module")

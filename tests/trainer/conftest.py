@@ -79,23 +79,6 @@ def s3(tmp_path_factory) -> S3Server:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory, monkeysession) -> Path:
-    """KUBETUNE_CACHE_DIR for the suite; bundled models are linked from the user's cache when present."""
-    path = tmp_path_factory.mktemp("cache")
-    home = Path.home() / ".cache" / "kubetune" / "bundled"
-    if home.is_dir():
-        (path / "bundled").symlink_to(home)
-    monkeysession.setenv("KUBETUNE_CACHE_DIR", str(path))
-    return path
-
-
-@pytest.fixture(scope="session")
-def monkeysession():
-    with pytest.MonkeyPatch.context() as mp:
-        yield mp
-
-
-@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
 

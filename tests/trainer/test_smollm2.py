@@ -5,11 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-from kubetune_api.job import load_manifest
 
 from .conftest import REPO
 
@@ -17,22 +14,10 @@ pytestmark = pytest.mark.slow
 EXAMPLE = REPO / "examples" / "smollm2-local.yaml"
 
 
-@pytest.fixture(scope="module")
-def tuned(tmp_path_factory, cache_dir):
-    """The example job run through the recipe, with snapshots of the weights before training."""
-    from kubetune_trainer.recipe import LoRARecipe
-
-    job = load_manifest(EXAMPLE)
-    job.spec.output.uri = str(tmp_path_factory.mktemp("smollm2-out"))
-    recipe = LoRARecipe(job, manifest_dir=EXAMPLE.parent)
-    recipe.setup()
-    before = {n: p.detach().clone() for n, p in recipe.model.named_parameters()}
-    recipe.train()
-    results = recipe.evaluate()
-    recipe.save()
-    recipe.cleanup()
-    after = {n: p.detach() for n, p in recipe.model.named_parameters()}
-    return {"recipe": recipe, "results": results, "before": before, "after": after, "root": Path(recipe.store.uri())}
+@pytest.fixture
+def tuned(smollm2_example):
+    """The example job, trained once for the session (tests/conftest.py)."""
+    return smollm2_example
 
 
 def test_training_changes_the_adapter_and_leaves_the_base_weights_alone(tuned):
