@@ -58,7 +58,7 @@ def minimal_manifest(task: dict, out: Path) -> dict:
 
 
 # ---- the baseline script, in its own process -------------------------------------------------------------
-def hf_script(task_name: str, out: Path) -> None:
+def hf_script(task_name: str, out: Path, epochs: float) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -80,7 +80,7 @@ def hf_script(task_name: str, out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, task_type="CAUSAL_LM",
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
-    args = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=8, num_train_epochs=1,
+    args = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=8, num_train_epochs=epochs,
                              learning_rate=1e-3, save_strategy="no", report_to="none", use_cpu=True,
                              remove_unused_columns=False, disable_tqdm=True, logging_steps=10, seed=42)
     Trainer(model=model, args=args, train_dataset=rows,
@@ -126,7 +126,7 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
     return time.monotonic() - started, proc.stdout
 
 
-def run_task(name: str, work: Path) -> list[dict]:
+def run_task(name: str, work: Path, baseline_epochs: list[float]) -> list[dict]:
     task, rows = TASKS[name], []
     # ours: the minimal manifest through the real command line
     out = work / name / "ours"
@@ -138,11 +138,16 @@ def run_task(name: str, work: Path) -> list[dict]:
     metrics = json.loads((root / "metrics.json").read_text())
     rows.append({"task": name, "arm": "ours", "wall_s": seconds, "adapter": str(root / "adapter"),
                  "train_s": metrics["training"]["seconds"], "steps": metrics["training"]["steps"],
-                 "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"]})
+                 "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"],
+                 "lr": metrics["training"].get("learningRate")})
     print(f"  {name} ours: {seconds:.0f} s wall, {rows[0]['steps']} steps, stopped: {rows[0]['stop']}", flush=True)
-    base = work / name / "hf"
-    seconds, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base)])
-    rows.append({"task": name, "arm": "hf-script", "wall_s": seconds, "adapter": str(base / "adapter")})
+    for epochs in baseline_epochs:
+        base = work / name / f"hf-{epochs:g}"
+        seconds, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base),
+                            "--epochs", str(epochs)])
+        rows.append({"task": name, "arm": f"hf-script {epochs:g} ep", "wall_s": seconds, "adapter": str(base / "adapter"),
+                     "epochs": epochs})
+        print(f"  {name} hf-script {epochs:g} ep: {seconds:.0f} s wall", flush=True)
     for row in rows:
         _, stdout = timed([sys.executable, __file__, "--worker", "score", "--tasks", name, "--out", row["adapter"]])
         row["metric"], row["score"] = task["metric"], json.loads(stdout.splitlines()[-1])[task["metric"]]
@@ -155,12 +160,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="sku,support", help="comma-separated: " + ", ".join(TASKS))
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--baseline-epochs", default="1,3",
+                        help="epochs of the HF script, one arm each (1: the issue's script; 3: TrainingArguments' default)")
+    parser.add_argument("--epochs", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker == "hf-script":
-        return hf_script(args.tasks, Path(args.out))
+        return hf_script(args.tasks, Path(args.out), args.epochs)
     if args.worker == "score":
         print(json.dumps(score(args.tasks, Path(args.out))))
         return None
@@ -169,14 +177,14 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="ttq-") as work:
         for name in args.tasks.split(","):
-            results += run_task(name, Path(work))
-    print("\n| task | arm | wall s | metric | score | ours / hf-script wall | notes |\n|---|---|---|---|---|---|---|")
+            results += run_task(name, Path(work), [float(e) for e in args.baseline_epochs.split(",")])
+    print("\n| task | arm | wall s | metric | score | ours / this wall | notes |\n|---|---|---|---|---|---|---|")
     for r in results:
-        base = next(b for b in results if b["task"] == r["task"] and b["arm"] == "hf-script")
-        notes = f"{r['steps']} steps, {r['stop']}, best step {r['best_step']}, training {r['train_s']} s" \
-            if r["arm"] == "ours" else "1 epoch"
+        ours = next(o for o in results if o["task"] == r["task"] and o["arm"] == "ours")
+        notes = (f"{r['steps']} steps, {r['stop']}, best step {r['best_step']}, training {r['train_s']} s, "
+                 f"lr {r['lr']:.2e}") if r["arm"] == "ours" else f"{r['epochs']:g} epoch(s), lr 1e-3, r 8 q/k/v/o"
         print(f"| {r['task']} | {r['arm']} | {r['wall_s']:.0f} | {r['metric']} | {r['score']:.4f} "
-              f"| {r['wall_s'] / base['wall_s']:.2f} | {notes} |")
+              f"| {ours['wall_s'] / r['wall_s']:.2f} | {notes} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return None
