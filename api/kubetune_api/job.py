@@ -90,6 +90,8 @@ HASH_NEUTRAL_AT_DEFAULT = (
 # The price: spelling out the old value hashes the same as leaving the field unset (as it did in 0.1.0).
 HASHED_AS_BEFORE_WHEN_UNSET = {
     ("training", "epochs"): 3.0,  # unset: early stopping, at most earlyStopping.maxEpochs
+    ("method", "lora", "dropout"): 0.05,  # unset: 0 (a random mask per adapted layer costs ~10% of a CPU step)
+    ("training", "learningRate"): 2e-4,  # unset: from the base model's width (TrainingSpec.peak_learning_rate)
     ("evaluation", "generation", "maxNewTokens"): 128,  # unset: fitted to the reference answers
 }
 

@@ -138,7 +138,7 @@ class Workload:
         targets = BLOCK_LINEARS if lora.target_modules == ["all-linear"] else tuple(lora.target_modules)
         quant = spec.method.quantization
         return cls(method=spec.method.type, double_quant=quant.double_quant if quant else True, rank=lora.r,
-                   targets=targets, dropout=lora.dropout > 0, batch_size=t.batch_size,
+                   targets=targets, dropout=lora.dropout_rate > 0, batch_size=t.batch_size,
                    seq_len=spec.dataset.max_seq_length, gradient_checkpointing=t.gradient_checkpointing,
                    precision=precision, world_size=max(1, gpus),
                    sharding=t.sharding, answer_fraction=answer_fraction, packing=t.packing,

@@ -71,10 +71,14 @@ def test_a_field_added_since_counts_once_set_away_from_its_default():
 
 
 def test_defaults_changed_since_keep_the_hash_of_a_manifest_that_leaves_them_unset():
-    # 0.1.0 trained 3 epochs and generated 128 tokens when unset; now it stops early and fits the answers.
-    # A manifest that already trained must not train again: unset still hashes as the old value did.
-    assert parse_spec(BASE).training.epochs is None
-    assert h(BASE) == h({**BASE, "training": {"epochs": 3}, "evaluation": {"generation": {"maxNewTokens": 128}}})
+    # 0.1.0 trained 3 epochs at 2e-4 with adapter dropout 0.05 and generated 128 tokens when unset; now it stops early, takes the learning
+    # rate from the model's width and fits the answers. A manifest that already trained must not train again:
+    # unset still hashes as the old value did.
+    assert parse_spec(BASE).training.epochs is None and parse_spec(BASE).training.learning_rate is None
+    assert h(BASE) == h({**BASE, "training": {"epochs": 3, "learningRate": 2e-4},
+                         "method": {"lora": {"dropout": 0.05}}, "evaluation": {"generation": {"maxNewTokens": 128}}})
+    assert h(BASE) != h({**BASE, "training": {"learningRate": 1e-3}})
+    assert h(BASE) != h({**BASE, "method": {"lora": {"dropout": 0.0}}})
     assert h(BASE) != h({**BASE, "training": {"epochs": 3, "earlyStopping": {}}})
     assert h(BASE) != h({**BASE, "training": {"earlyStopping": {"patience": 5}}})
     assert h(BASE) != h({**BASE, "evaluation": {"generation": {"maxNewTokens": 64}}})
@@ -124,3 +128,14 @@ def test_termination_message_fits_in_4_kib_and_keeps_metrics():
 
 def test_garbage_termination_message_is_ignored():
     assert TrainerResult.from_termination_message("Traceback (most recent call last): ...") is None
+
+
+def test_default_learning_rate_follows_the_model_width_and_the_adapter_alpha():
+    training = parse_spec(BASE).training
+    # tinker-cookbook's get_lr for LoRA: 5e-4 x (2000 / hidden)^0.781 at alpha 32
+    assert training.peak_learning_rate(576, 32) == pytest.approx(1.32e-3, rel=0.01)  # SmolLM2-135M
+    assert training.peak_learning_rate(4096, 32) == pytest.approx(2.86e-4, rel=0.01)  # Llama-3.1-8B
+    assert training.peak_learning_rate(8192, 32) == pytest.approx(1.66e-4, rel=0.01)  # Llama-3.1-70B
+    assert training.peak_learning_rate(4096, 64) == pytest.approx(1.43e-4, rel=0.01), "twice alpha, half the rate"
+    assert training.peak_learning_rate(None, 32) == 2e-4, "no hidden_size in config.json: the 0.1.0 default"
+    assert parse_spec({**BASE, "training": {"learningRate": 3e-5}}).training.peak_learning_rate(576, 32) == 3e-5

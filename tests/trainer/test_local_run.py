@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from kubetune_api.job import load_manifest
 
 from .conftest import PRODUCTS, manifest, run_cli, tiny_spec, write_jsonl, write_manifest
@@ -25,6 +27,7 @@ def test_local_run_resolves_paths_against_the_manifest_and_prints_the_summary(tm
                                  "regression": {"uri": "./data/general.jsonl", "metric": "chrf", "maxDrop": 1.0}})
     spec["output"]["mergeAdapter"] = True
     spec["training"]["gradientCheckpointing"] = True
+    del spec["training"]["learningRate"]  # unset: worked out from the model's width
     path = write_manifest(jobs / "job.yaml", manifest(spec, name="local"))
     proc = run_cli(["run", str(path)])
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -38,6 +41,11 @@ def test_local_run_resolves_paths_against_the_manifest_and_prints_the_summary(tm
     config = json.loads((root / "config.json").read_text())
     assert config["resolved"]["template"] == "alpaca" and config["versions"]["torch"]
     assert config["spec"]["training"]["scheduler"] == "cosine", "the resolved spec carries the defaults"
+    hidden = json.loads((tiny_alpaca_model / "config.json").read_text())["hidden_size"]
+    expected = 5e-4 * (2000 / hidden) ** 0.781 * 32 / spec["method"]["lora"]["alpha"]
+    assert config["resolved"]["learningRate"] == metrics["training"]["learningRate"] == pytest.approx(expected)
+    steps = [e for e in map(json.loads, (root / "train-log.jsonl").read_text().splitlines()) if e["event"] == "step"]
+    assert max(e["learningRate"] for e in steps) == pytest.approx(expected), "the peak of the schedule"
     assert (root / "merged" / "config.json").exists() and list((root / "merged").glob("*.safetensors"))
     assert 'src="loss-curve.png"' in (root / "report.html").read_text() and (root / "loss-curve.png").stat().st_size
     predictions = [json.loads(line) for line in (root / "predictions.jsonl").read_text().splitlines()]

@@ -149,3 +149,41 @@ def test_packing_and_split_passes_train_like_one_padded_pass_per_micro_batch(tin
     assert len(reference) == 4 and reference[-1] < reference[0]
     assert packed == pytest.approx(reference, rel=1e-4)
     assert split == pytest.approx(reference, rel=1e-4)
+
+
+def test_uniform_dropout_is_inverted_dropout_at_rate_p_in_value_and_gradient():
+    from kubetune_trainer.models import uniform_dropout
+
+    torch.manual_seed(0)
+    x = (torch.rand(1000, 1000) + 0.5).requires_grad_()  # no zeros, so kept elements are the non-zero outputs
+    torch.manual_seed(1)
+    out = uniform_dropout(x, 0.05)
+    kept = out != 0
+    # 1M independent draws: the kept fraction is 0.95 within 5 standard deviations (sqrt(0.95 * 0.05 / 1e6))
+    assert abs(kept.float().mean().item() - 0.95) < 5 * 2.2e-4
+    assert torch.allclose(out[kept], x[kept] / 0.95) and (out[~kept] == 0).all()
+    out.sum().backward()
+    assert torch.allclose(x.grad, kept / 0.95), "backward keeps the forward's elements, scaled the same"
+    again = uniform_dropout(x, 0.05)
+    assert not torch.equal(again != 0, kept), "a new mask on every call"
+    torch.manual_seed(1)
+    assert torch.equal(uniform_dropout(x, 0.05) != 0, kept), "the run's seed decides the masks"
+
+
+def test_the_adapters_dropout_on_cpu_is_uniform_dropout_and_idle_in_evaluation(tiny_model, tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sku_rows())
+    doc = manifest(tiny_spec(str(tiny_model), str(train), str(tmp_path / "out"),
+                             method={"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}))
+    ids, _ = examples(2)
+    batch = pad_batch(ids, 0)
+    logits = []
+    for levers in (Levers(), Levers(uniform_dropout=False)):
+        recipe = LoRARecipe(parse_job(doc), levers=levers, work_dir=str(tmp_path))
+        recipe.setup()
+        names = {type(m).__name__ for n, m in recipe.model.named_modules() if ".lora_dropout." in n}
+        assert names == ({"UniformDropout"} if levers.uniform_dropout else {"Dropout"})
+        recipe.model.eval()
+        with torch.no_grad():
+            logits.append(recipe.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)
+        recipe.cleanup()
+    assert torch.equal(*logits), "no dropout outside training: the same adapter gives the same logits"

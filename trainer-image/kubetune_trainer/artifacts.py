@@ -113,7 +113,7 @@ def metrics_document(recipe) -> dict:
         **recipe.results,
         "training": {
             "steps": recipe.last_step, "plannedSteps": recipe.schedule.total_steps,
-            "stopReason": recipe.stop_reason, "bestStep": recipe.best_step,
+            "stopReason": recipe.stop_reason, "bestStep": recipe.best_step, "learningRate": recipe.learning_rate,
             "seconds": round(recipe.train_seconds, 1),
             "finalLoss": steps[-1]["loss"] if steps else None, "resumedFrom": recipe.resumed_from,
         },
@@ -130,7 +130,8 @@ def config_document(recipe) -> dict:
         "spec": job.spec.model_dump(mode="json", by_alias=True),
         "specHash": job.spec_hash, "artifactRoot": recipe.store.uri(),
         "resolved": {"modelPath": str(recipe.model_path), "template": recipe.formatter.mode,
-                     "device": recipe.device, "dtype": str(recipe.dtype).removeprefix("torch.")},
+                     "device": recipe.device, "dtype": str(recipe.dtype).removeprefix("torch."),
+                     "learningRate": recipe.learning_rate, "sharding": recipe.sharding},
         "versions": library_versions(),
     }
 
@@ -149,7 +150,7 @@ def report_context(recipe) -> dict:
     checks = [v for v in (recipe.results.get("gate"), recipe.results.get("regression")) if v]
     return {
         "name": f"{recipe.job.metadata.namespace}/{recipe.job.metadata.name}", "model": recipe.spec.model.uri,
-        "method": recipe.spec.method.type.upper(), "spec_hash": recipe.job.spec_hash,
+        "method": f"{recipe.spec.method.type.upper()} r {recipe.spec.method.lora.r} at learning rate {recipe.learning_rate:.2g}", "spec_hash": recipe.job.spec_hash,
         "data": vars(recipe.data_report), "steps": recipe.last_step, "stop": stop_summary(recipe),
         "gate_first_reached": recipe.results.get("gateFirstReached"),
         "train_seconds": round(recipe.train_seconds, 1), "base": recipe.results["base"],
