@@ -633,8 +633,8 @@ class Toleration(ApiModel):
     toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
 
 
-# Pods of one multi-node gang: far beyond what a LoRA run needs, and small enough that every pod's name stays
-# a DNS label (`<pod name>-<index>`).
+# Pods of one multi-node gang: far beyond what a LoRA run needs, and small enough that every pod's name in run 1
+# stays a DNS label (`<pod name>-<index>`; later runs: the operator's builders.gang_name_error).
 MAX_NODES = 64
 
 

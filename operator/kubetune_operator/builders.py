@@ -26,6 +26,8 @@ POD_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 # A gang pod's place in its gang (0..nodes-1) and the gang's size, as created (resources can change mid-run).
 GANG_INDEX_LABEL = f"{GROUP}/gang-index"
 GANG_SIZE_LABEL = f"{GROUP}/gang-size"
+# A pod's hostname and a Service's name are DNS labels: at most 63 characters.
+DNS_LABEL_MAX = 63
 # torchrun's c10d rendezvous port (its default), served by the agent of the pod at the endpoint.
 RDZV_PORT = 29400
 CONTAINER = "trainer"
@@ -59,6 +61,27 @@ def gang_pod_names(job: FineTuneJob, attempt: int, run: int = 1) -> list[str]:
     if gang_size(job) == 1:
         return [pod_name(name, attempt, run)]
     return [pod_name(name, attempt, run, i) for i in range(gang_size(job))]
+
+
+def gang_name_error(job: FineTuneJob, run: int) -> str | None:
+    """Why the gang pods of `run` cannot all be named, or None. A gang pod's hostname is its name, a DNS
+    label; the longest is the last pod's of the last attempt the retries allow (1 + failurePolicy.maxRetries):
+    `<name>[-r<run>]-<attempt>-<index>`. In run 1 it always fits (the API bounds the name, nodes and
+    retries), but the run number grows with each new run (each change of the spec hash). Kueue's pod-group label (that name
+    without `-<index>`) and the Service's name are shorter. Disruptions and resumptions add attempts beyond
+    the retries: a name that outgrows the limit then is rejected by the API server (PodRejected)."""
+    name, nodes, retries = job.metadata.name, gang_size(job), job.spec.failure_policy.max_retries
+    if nodes == 1:
+        return None
+    longest = pod_name(name, 1 + retries, run, nodes - 1)
+    over = len(longest) - DNS_LABEL_MAX
+    if over <= 0:
+        return None
+    return (f"metadata.name: {name!r} is too long for a gang of spec.resources.nodes {nodes} in run {run}: the "
+            f"hostname of its last pod, {longest!r} (attempt {1 + retries}: failurePolicy.maxRetries {retries}), "
+            f"would be {len(longest)} characters, over the {DNS_LABEL_MAX} of a DNS label; create the job under "
+            f"a name of at most {len(name) - over} characters"
+            + (", or delete it and create it again (a new job starts at run 1)" if run > 1 else ""))
 
 
 def gang_service_name(job_name: str) -> str:

@@ -2,6 +2,7 @@
 torchrun's c10d rendezvous) folded into one state, so plan.py decides on the attempt, never on one pod.
 
     fold(views of one attempt's pods, size, nodes' Ready conditions) -> Gang
+    fold_run(views of one run's pods, ...) -> {attempt: Gang}
 
 The rules, in order:
 
@@ -27,6 +28,7 @@ from typing import Any
 
 from kubetune_api import Reason, TrainerResult
 
+from .builders import pod_name
 from .observe import PodView, Stage
 
 # Which pod speaks for a gang that has not ended: the first stage found here, in this order.
@@ -92,6 +94,19 @@ def fold(views: list[PodView], names: list[str], nodes: dict[str, dict[str, Any]
     gang = Gang(attempt=members[0].attempt, size=len(names), members=members, missing=missing,
                 missing_indices=tuple(i for i, n in enumerate(names) if n not in present), lead=members[0])
     return replace(gang, lead=_lead(gang, nodes or {}, ran))
+
+
+def fold_run(views: list[PodView], job_name: str, run: int, nodes: dict[str, dict[str, Any]] | None = None,
+             ran: int | None = None) -> dict[int, Gang]:
+    """The pods of one run (`run`) folded into one gang per attempt, each at the size it was created with.
+    `ran`: the attempt whose gang the status has seen running whole."""
+    out = {}
+    for attempt in sorted({v.attempt for v in views}):
+        members = [v for v in views if v.attempt == attempt]
+        size = max(v.gang_size for v in members)
+        names = [pod_name(job_name, attempt, run, i if size > 1 else None) for i in range(size)]
+        out[attempt] = fold(members, names, nodes, attempt == ran)
+    return out
 
 
 def _lead(gang: Gang, nodes: dict[str, dict[str, Any]], ran: bool) -> PodView:

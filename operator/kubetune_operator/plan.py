@@ -8,15 +8,15 @@ decides on the gang, never on one of its pods. Everything is derived from what i
 status and the pods' own state), so a restarted operator reaches the same decisions: a pod of a newer
 attempt than the status knows is adopted (and its gang completed), a failure already accounted for
 (status.nextAttemptTime set) is not counted twice, a pod that finished while the operator was down still
-yields its result. outcome.py writes a finished gang's result into the status; the reconciler
-(reconciler.py) does the I/O.
+yields its result. retrying.py decides what follows a failed attempt, outcome.py writes a finished gang's
+result into the status; the reconciler (reconciler.py) does the I/O.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from kubetune_api import ConditionType as C
@@ -24,12 +24,13 @@ from kubetune_api import FineTuneJob, Reason, derive_phase, set_condition
 from kubetune_api.status import Progress, is_true, now_rfc3339
 
 from . import watching
-from .builders import gang_pod_names, pod_name, processes_per_pod, world_size
+from .builders import gang_name_error, gang_pod_names, pod_name, processes_per_pod, world_size
 from .conditions import Event, headline, parse_time, read_status, transition_events
 from .fits import fit_of
-from .gang import Gang, describe, fold
+from .gang import Gang, describe, fold_run
 from .observe import PodView, Stage, view_pod
 from .outcome import record_success
+from .retrying import after_failure
 from .validation import resolve
 from .watching import RECHECK_SECONDS
 
@@ -149,7 +150,6 @@ class _Planner:
         self.delete([v for v in self.views if v.active])
 
     def valid(self, job: FineTuneJob) -> None:
-        self.cond(C.VALIDATED, True, Reason.VALID, "the spec is valid")
         run_hash = job.spec_hash
         if self.st.spec_hash != run_hash:
             if self.finished() and self.old.observed_generation == self.generation:
@@ -160,7 +160,14 @@ class _Planner:
                 self.new_run(run_hash)
         self.st.run = max(self.st.run, 1)  # a status from before run numbers: run 1
         ours = [v for v in self.views if (v.spec_hash, v.run) == (run_hash, self.st.run)]
-        self.mine = self.gangs(job, ours)
+        # Running True (or Unknown: its node stopped reporting) was only ever set with every pod running.
+        ran = any(c.type == C.RUNNING and c.status != "False" for c in self.st.conditions)
+        self.mine = fold_run(ours, job.metadata.name, self.st.run, self.obs.nodes, self.st.attempts if ran else None)
+        unnamed = None if self.st.attempts or self.mine else gang_name_error(job, self.st.run)
+        if unnamed:  # refused as an invalid spec, before the run's first pod: no retry shortens a name
+            self.invalid(Reason.INVALID_SPEC, [unnamed])
+            return
+        self.cond(C.VALIDATED, True, Reason.VALID, "the spec is valid")
         # An earlier run's pod may still be running a stale spec; finished ones stay for `kubectl logs`.
         self.delete([v for v in self.views if v.active and v not in ours])
         if not self.finished() and self.fits(job):
@@ -168,20 +175,6 @@ class _Planner:
             self.step(job)
         if self.finished():
             self.settle(job)
-
-    def gangs(self, job: FineTuneJob, views: list[PodView]) -> dict[int, Gang]:
-        """This run's pods folded into one gang per attempt (gang.py), at the size each gang was created with."""
-        out = {}
-        for attempt in sorted({v.attempt for v in views}):
-            members = [v for v in views if v.attempt == attempt]
-            size = max(v.gang_size for v in members)
-            names = ([pod_name(job.metadata.name, attempt, self.st.run)] if size == 1 else
-                     [pod_name(job.metadata.name, attempt, self.st.run, i) for i in range(size)])
-            # Running True (or Unknown: its node stopped reporting) was only ever set with every pod running.
-            ran = attempt == self.st.attempts and any(
-                c.type == C.RUNNING and c.status != "False" for c in self.st.conditions)
-            out[attempt] = fold(members, names, self.obs.nodes, ran)
-        return out
 
     def members(self, active: bool = True) -> list[PodView]:
         return [m for g in self.mine.values() for m in g.members if m.active or not active]
@@ -378,34 +371,21 @@ class _Planner:
         return True
 
     def failed(self, job: FineTuneJob, reason: str, retryable: bool, message: str, since: str | None = None) -> None:
-        """An attempt ended in failure: retry with exponential backoff, or fail the job."""
-        attempt, policy = self.st.attempts, job.spec.failure_policy
-        what = f"attempt {attempt} failed with {reason}: {message}"
-        if reason == Reason.PREEMPTED:
-            # A disruption (eviction, drain, preemption, a pod deleted by someone else) is not the trainer's
-            # failure: like a Job's podFailurePolicy Ignore for DisruptionTarget, it uses no retry. The
-            # trainer checkpointed on SIGTERM, and the next attempt resumes there. nextAttemptTime marks it
-            # as accounted for, should the pod creation wait.
-            self.st.next_attempt_time = self.stamp
-            self.out.events.append(Event("Warning", reason, f"attempt {attempt} was disrupted ({message}); "
-                                                            "starting the next attempt, no retry used"))
-            self.start_attempt(job, after=f" (attempt {attempt} was disrupted: {message})")
-            return
-        if not retryable:
-            if reason == Reason.INSUFFICIENT_GPU_MEMORY:  # the trainer's own check, from config.json
-                self.cond(C.FITS, False, reason, message)
-            self.fail(reason, what)
-        elif self.st.retries >= policy.max_retries:
-            self.fail(Reason.RETRIES_EXHAUSTED, f"{what}; failurePolicy.maxRetries ({policy.max_retries}) used up")
-        else:
-            self.st.retries += 1
-            delay = policy.backoff_seconds * 2 ** (self.st.retries - 1)
-            at = (parse_time(since) if since else self.now) + timedelta(seconds=delay)
-            self.st.next_attempt_time = now_rfc3339(at)
-            self.cond(C.RUNNING, False, Reason.BACKOFF,
-                      f"{what}; retry {self.st.retries} of {policy.max_retries} in {delay}s")
-            self.out.events.append(Event("Warning", reason, what))
-            self.out.wait((at - self.now).total_seconds())
+        """An attempt ended in failure: the next attempt now or after backoff, or the job fails (retrying.py)."""
+        verdict = after_failure(job.spec.failure_policy, self.st.attempts, self.st.retries, reason, retryable,
+                                message, self.now, parse_time(since) if since else None)
+        self.st.retries = verdict.retries
+        if verdict.next_attempt is not None:
+            self.st.next_attempt_time = now_rfc3339(verdict.next_attempt)
+        for ctype, status, why, text in verdict.conditions:
+            self.cond(ctype, status, why, text)
+        self.out.events += verdict.events
+        if verdict.fail is not None:
+            self.fail(*verdict.fail)
+        elif verdict.start_now is not None:
+            self.start_attempt(job, after=verdict.start_now)
+        elif verdict.next_attempt is not None:
+            self.out.wait((verdict.next_attempt - self.now).total_seconds())
 
     def fail(self, reason: str, message: str) -> None:
         self.cond(C.FAILED, True, reason, message)

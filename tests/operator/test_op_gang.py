@@ -12,7 +12,8 @@ from test_op_plan import cond, reasons, reconcile
 
 from kubetune_api import ConditionType as C
 from kubetune_api import Reason
-from kubetune_operator.builders import build_gang
+from kubetune_api.job import MAX_NAME_LENGTH
+from kubetune_operator.builders import DNS_LABEL_MAX, build_gang, gang_name_error, gang_service_name, pod_name
 
 GANG_SPEC = {**MINIMAL_SPEC, "resources": {"gpus": 2, "nodes": 2},
              "failurePolicy": {"maxRetries": 1, "backoffSeconds": 10}}
@@ -195,3 +196,57 @@ def test_ttl_removes_every_pod_of_a_finished_gang():
     assert cond(body, C.SUCCEEDED).status == "True" and not p.cleanup
     p, _ = reconcile(body, pods, now=61)
     assert p.cleanup and sorted(p.delete) == ["demo-1-0", "demo-1-1"]
+
+
+# The longest names a gang can produce: 64 pods (index 63), 20 retries (attempt 21).
+WIDEST = {"resources": {"gpus": 1, "nodes": 64}, "failurePolicy": {"maxRetries": 20}}
+
+
+def named(name: str, run: int = 1, **spec):
+    return parsed(job_body({**MINIMAL_SPEC, **WIDEST, **spec}, name=name)), run
+
+
+def test_run_1_of_the_longest_name_has_names_that_fit():
+    name = "g" * MAX_NAME_LENGTH
+    assert gang_name_error(*named(name)) is None
+    assert len(pod_name(name, 21, 1, 63)) <= DNS_LABEL_MAX and len(gang_service_name(name)) <= DNS_LABEL_MAX
+
+
+def test_a_gang_name_fits_up_to_the_dns_label_limit_over_every_retry_and_not_one_character_more():
+    # Run 1000: `<name>-r1000-21-63` leaves 63 - 12 = 51 characters for the name.
+    assert gang_name_error(*named("g" * 51, run=1000)) is None
+    error = gang_name_error(*named("g" * 52, run=1000))
+    assert error.startswith(f"metadata.name: '{'g' * 52}' is too long for a gang of spec.resources.nodes 64 in run 1000")
+    assert f"'{'g' * 52}-r1000-21-63' (attempt 21: failurePolicy.maxRetries 20), would be 64 characters, over the 63" in error
+    assert "a name of at most 51 characters" in error
+    # Fewer retries or pods shorten the longest name; one pod has no hostname of its own.
+    assert gang_name_error(*named("g" * 52, run=1000, failurePolicy={"maxRetries": 8})) is None
+    assert gang_name_error(*named("g" * 52, run=1000, resources={"nodes": 10})) is None
+    assert gang_name_error(*named("g" * 52, run=10**9, resources={"nodes": 1})) is None
+
+
+def test_a_gang_whose_names_would_be_too_long_fails_before_its_first_pod_and_a_fix_starts_the_next_run():
+    name = "g" * MAX_NAME_LENGTH
+    # 999 runs so far; this spec is new, so it starts run 1000.
+    body = job_body({**MINIMAL_SPEC, **WIDEST}, name=name, generation=2,
+                    status={"run": 999, "specHash": "0123456789abcdef", "observedGeneration": 1})
+    p, body = reconcile(body)
+    assert p.create_attempt is None and p.delete == [] and body["status"]["run"] == 1000
+    failed = cond(body, C.FAILED)
+    assert (failed.status, failed.reason) == ("True", Reason.INVALID_SPEC) and "over the 63" in failed.message
+    assert (cond(body, C.VALIDATED).status, cond(body, C.VALIDATED).message) == ("False", failed.message)
+    assert body["status"]["phase"] == "Failed" and reasons(p) == [Reason.INVALID_SPEC]
+    # Fewer pods: the edit starts run 1001, whose longest name, `<name>-r1001-21-7`, fits.
+    body["spec"]["resources"]["nodes"] = 8
+    body["metadata"]["generation"] = 3
+    p, body = reconcile(body, now=5)
+    assert p.create_attempt == 1 and body["status"]["run"] == 1001 and cond(body, C.VALIDATED).status == "True"
+    assert body["status"]["podName"] == f"{name}-r1001-1-0"
+    # A run once started goes on whatever its later edits (resources are not hashed: the same run); a name
+    # that outgrows the limit then is the API server's to reject (PodRejected).
+    pods = [{**pod, "status": {"phase": "Pending"}} for pod in build_gang(parsed(body), 1, SETTINGS, run=1001)]
+    body["spec"]["resources"]["nodes"] = 64
+    body["metadata"]["generation"] = 4
+    p, body = reconcile(body, pods, now=6)
+    assert body["status"]["run"] == 1001 and cond(body, C.FAILED).status == "False" and p.delete == []
+    assert cond(body, C.VALIDATED).status == "True"

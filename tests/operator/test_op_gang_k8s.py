@@ -12,8 +12,10 @@ import pytest
 from clusterkit import events, get_job, pod_names, wait_condition
 from test_op_training import BUCKET, manifest, s3_secret, tiny_s3  # noqa: F401 - tiny_s3 is a fixture
 
+from fixtures.adapters import assert_same_adapter, assert_trained
 from k8s.cluster import LocalCluster
 from kubetune_api import parse_job
+from kubetune_api.job import MAX_NAME_LENGTH
 
 pytestmark = [pytest.mark.k8s, pytest.mark.s3]
 
@@ -69,11 +71,9 @@ def test_two_pods_of_two_processes_train_the_adapter_one_process_trains(kube_clu
     gang_root, one_root = artefacts(tiny_s3, gang, ns), artefacts(tiny_s3, one, ns)
     start = json.loads(read(tiny_s3, gang_root + "train-log.jsonl").splitlines()[0])
     assert start["event"] == "start" and start["worldSize"] == 4, "four processes in two pods trained"
-    a, b = adapter(tiny_s3, one_root), adapter(tiny_s3, gang_root)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert (a[name] - b[name]).abs().max() < 1e-5, f"{name} differs from the one-process run"
-    assert max(v.abs().max() for k, v in b.items() if "lora_B" in k) > 0, "nothing was trained"
+    gang_adapter = adapter(tiny_s3, gang_root)
+    assert_same_adapter(adapter(tiny_s3, one_root), gang_adapter)
+    assert_trained(gang_adapter)
 
 
 def _wait_for(what, condition, timeout: float) -> None:
@@ -145,3 +145,29 @@ def test_an_operator_killed_while_creating_gangs_never_makes_two_for_one_attempt
         print(pod_names(kube_cluster, ns))
     assert pod_names(kube_cluster, ns) == sorted(f"{n}-1-{i}" for n in names for i in range(4))
     assert all(get_job(kube_cluster, ns, n)["status"]["attempts"] == 1 for n in names)
+
+
+def test_a_gang_whose_pod_names_would_be_too_long_fails_with_no_pod_and_no_service(
+        kube_cluster, kube_namespace, operator_up):
+    """A 52-character name, 64 pods and 20 retries: run 999's longest hostname, `<name>-r999-21-63`, is 63
+    characters; run 1000's would be 64, so the spec change that starts run 1000 (and resumes the job) fails
+    it before any pod (the first attempt's 64 pods, `<name>-r1000-1-<index>`, would have been accepted)."""
+    from clusterkit import JOBS, finetunejob, job_spec
+
+    ns, name = kube_namespace, "g" * MAX_NAME_LENGTH
+    spec = job_spec(max_retries=20, suspend=True, resources={"gpus": 1, "nodes": 64, "cpu": "1", "memory": "1Gi"})
+    path = f"{JOBS.format(ns=ns)}/{name}"
+    kube_cluster.request("POST", JOBS.format(ns=ns), finetunejob(name, spec))
+    wait_condition(kube_cluster, ns, name, "Suspended")
+    # 998 spec changes later, as the operator would have recorded them; then one more.
+    kube_cluster.request("PATCH", f"{path}/status", {"status": {"run": 999}},
+                         content_type="application/merge-patch+json")
+    _wait_for("run 999", lambda: get_job(kube_cluster, ns, name)["status"]["run"] == 999, 30)
+    kube_cluster.request("PATCH", path, {"spec": {"suspend": False, "training": {"learningRate": 1e-4}}},
+                         content_type="application/merge-patch+json")
+    job = wait_condition(kube_cluster, ns, name, "Failed")
+    failed = next(c for c in job["status"]["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "InvalidSpec" and job["status"]["run"] == 1000, failed
+    assert f"'{name}-r1000-21-63'" in failed["message"] and "would be 64 characters" in failed["message"]
+    assert pod_names(kube_cluster, ns) == []
+    assert kube_cluster.get(f"/api/v1/namespaces/{ns}/services/{name}-gang") is None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from fixtures.adapters import assert_same_adapter
 from kubetune_api.job import parse_job
 
 from .conftest import REPO, manifest, run_cli, sku_rows, tiny_spec, write_jsonl, write_manifest
@@ -65,10 +66,7 @@ def test_killed_run_resumes_from_its_checkpoint_at_the_right_step(tmp_path, tiny
     reference = run_cli(["train"], env={"KUBETUNE_CONFIG": str(write_manifest(tmp_path / "straight.yaml", doc_ref)),
                                         "KUBETUNE_TERMINATION_LOG": str(tmp_path / "t2")})
     assert reference.returncode == 0, reference.stderr[-3000:]
-    resumed, straight = adapter_weights(root), adapter_weights(parse_job(doc_ref).artifact_root())
-    assert resumed.keys() == straight.keys()
-    for name, value in straight.items():
-        assert (resumed[name] - value).abs().max() < 1e-5, f"{name} differs from the uninterrupted run"
+    assert_same_adapter(adapter_weights(root), adapter_weights(parse_job(doc_ref).artifact_root()))
     resumed_losses = [e["loss"] for e in log if e["event"] == "step"]
     straight_losses = [e["loss"] for e in train_log(parse_job(doc_ref).artifact_root()) if e["event"] == "step"]
     assert resumed_losses == straight_losses or max(abs(a - b) for a, b in zip(resumed_losses, straight_losses, strict=True)) < 1e-4
