@@ -1,5 +1,7 @@
 """The LoRA/QLoRA fine-tuning recipe: `__init__` checks the config, `setup()` reads data, model and adapter,
-then `train()`, `evaluate()` and `save()`. `runner.run_job` drives it and turns failures into exit codes."""
+then `train()` (the loop, early stopping, checkpoints and resuming), `evaluate()` and `save()`; and `Levers`,
+how the training step runs. One optimizer step's mechanics are in trainstep.py. `runner.run_job` drives the
+recipe and turns failures into exit codes."""
 
 from __future__ import annotations
 
@@ -17,19 +19,19 @@ from kubetune_api.results import Env, TrainerResult
 from kubetune_api.status import StopReason
 
 from . import data as datamod
-from . import fitcheck, preflight
+from . import fitcheck, preflight, trainstep
 from .artifacts import SUCCESS, store_once
-from .batching import Schedule, pack_batch, pad_batch, passes
+from .batching import Schedule
 from .checkpoints import Checkpoints
 from .datafiles import Limits, check_stored_size
 from .dataversion import RunRoot
-from .distributed import ProcessGroup, balanced_shards, choose_sharding, device_bytes, weights_bytes
+from .distributed import ProcessGroup, choose_sharding, device_bytes, weights_bytes
 from .early_stopping import EarlyStopping, no_watch_note, stop_summary
 from .errors import ConfigError
 from .evaluation import mean_loss
 from .handoff import serving_fields
 from .lineage import weights_digest
-from .loss import answer_loss, check_packing
+from .loss import check_packing
 from .models import (
     attach_adapter,
     device_and_dtype,
@@ -209,8 +211,7 @@ class LoRARecipe:
         self.train_model = self.dist.wrap(self.model, self.sharding)  # DDP or FSDP under torchrun
         if t.packing:  # after wrap: under FSDP the weights reach the GPU there (every rank checks the same)
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
-        usable = [e for e in self.train_encoded if any(t != -100 for t in e.labels[1:])] or self.train_encoded
-        self.filler = min(usable, key=lambda e: len(e.input_ids))  # a rank's zero-weight pass when it has none
+        self.filler = trainstep.filler(self.train_encoded)  # a rank's zero-weight pass when it has none
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=t.weight_decay)
         grouped = self.levers.group_by_length and not t.packing and not self.levers.pad_to_max_length
@@ -224,8 +225,8 @@ class LoRARecipe:
         self.schedule = Schedule(len(self.train_encoded), self.micro_batch, t.gradient_accumulation, t.seed,
                                  epochs=t.planned_epochs(), max_steps=t.max_steps,
                                  lengths=[len(e.input_ids) for e in self.train_encoded], group_by_length=grouped)
-        max_len, fraction = self.spec.dataset.max_seq_length, self.levers.pass_tokens
-        self.pass_budget = max(max_len, int(fraction * t.batch_size * max_len)) if fraction else None
+        self.pass_budget = trainstep.pass_budget(self.levers.pass_tokens, t.batch_size,
+                                                 self.spec.dataset.max_seq_length)
         total = self.schedule.total_steps
         self.scheduler = get_scheduler(t.scheduler, self.optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
                                        num_training_steps=total)
@@ -318,58 +319,9 @@ class LoRARecipe:
         return step
 
     def _train_step(self, micro_batches: list[list[int]]) -> tuple[float, bool]:
-        """One optimizer step: this rank's share of each micro-batch, then the gradients all-reduced. Returns
-        the step's loss (the mean over every answer token of the step, all ranks together) and whether any
-        rank got SIGTERM, so that every rank stops after the same step."""
-        import torch
-
-        world, enc = self.dist.world_size, self.train_encoded
-        answers = {i: sum(t != -100 for t in enc[i].labels[1:]) for mb in micro_batches for i in mb}
-        total_tokens = max(sum(answers.values()), 1)  # the step's, so each rank knows it without asking
-        shares: list[list] = [[] for _ in range(world)]  # every rank's passes, so all know how many there are
-        for mb in micro_batches:
-            for share, ids in zip(shares, balanced_shards([len(enc[i].input_ids) for i in mb], world), strict=True):
-                if sum(answers[mb[j]] for j in ids):  # else every answer truncated away: nothing to learn
-                    share += self._passes([enc[mb[j]] for j in ids])
-        parts, step_loss, tokens = shares[self.dist.rank], 0.0, 0
-        # Every rank runs as many passes as the busiest (FSDP's forwards are collectives; DDP needs a backward
-        # on every rank); a rank's extra passes have weight 0.
-        count = max(1, *map(len, shares)) if self.dist.distributed else len(parts)
-        for n in range(count):
-            part = parts[n] if n < len(parts) else None
-            batch = {k: v.to(self.device) for k, v in self._collate(part or [self.filler]).items()}
-            with self.dist.accumulating(self.train_model, last=n == count - 1):
-                with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                    loss_sum, _ = answer_loss(self.train_model, batch, self.levers.answer_logits_only)
-                # DDP and FSDP average the ranks' gradients: x world makes that their sum, the step's gradient
-                self.scaler.scale(loss_sum * (world / total_tokens if part else 0.0)).backward()
-            if part:
-                step_loss += loss_sum.item() / total_tokens
-                tokens += sum(len(e.input_ids) for e in part)
-        step_loss, tokens, stops = self.dist.sum([step_loss, tokens, float(self.stop.requested)])
-        self.last_step_tokens = int(tokens)
-        self.train_tokens += self.last_step_tokens
-        self.scaler.unscale_(self.optimizer)
-        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(  # before clipping, as HF logs grad_norm
-            [p for p in self.model.parameters() if p.requires_grad], self.spec.training.max_grad_norm))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return step_loss, stops > 0
-
-    def _passes(self, group: list) -> list[list]:
-        if self.pass_budget is None or self.levers.pad_to_max_length:
-            return [group]
-        split = passes([len(e.input_ids) for e in group], self.pass_budget, self.spec.training.packing)
-        return [[group[i] for i in part] for part in split]
-
-    def _collate(self, group: list) -> dict:
-        ids, labels = [e.input_ids for e in group], [e.labels for e in group]
-        pad_id, max_len = self.tokenizer.pad_token_id, self.spec.dataset.max_seq_length
-        if self.spec.training.packing:
-            return pack_batch(ids, labels, pad_id, capacity=max_len)
-        return pad_batch(ids, pad_id, labels, width=max_len if self.levers.pad_to_max_length else None)
+        """One optimizer step (trainstep.train_step): the step's loss and whether any rank got SIGTERM. A
+        method, so that bench/startup.py can time the first step."""
+        return trainstep.train_step(self, micro_batches)
 
     # ---- evaluate ----------------------------------------------------------------------------------
     def evaluate(self) -> dict:
