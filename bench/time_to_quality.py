@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from pathlib import Path
 
 import yaml
 
+STARTED = time.monotonic()
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "bundled://smollm2-135m-instruct"
 TASKS = {
@@ -59,9 +61,17 @@ def minimal_manifest(task: dict, out: Path) -> dict:
 
 # ---- the baseline script, in its own process -------------------------------------------------------------
 def hf_script(task_name: str, out: Path, epochs: float) -> None:
+    """The script; with several epochs it also saves the adapter at the end of each epoch and the seconds
+    since this process started (epochs.json), as a user evaluating every epoch would see them."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     from kubetune_api.job import parse_job
     from kubetune_trainer.models import fetch_model, load_tokenizer
@@ -83,9 +93,18 @@ def hf_script(task_name: str, out: Path, epochs: float) -> None:
     args = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=8, num_train_epochs=epochs,
                              learning_rate=1e-3, save_strategy="no", report_to="none", use_cpu=True,
                              remove_unused_columns=False, disable_tqdm=True, logging_steps=10, seed=42)
-    Trainer(model=model, args=args, train_dataset=rows,
+    ends: list[dict] = []
+
+    class EveryEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if round(state.epoch) < epochs:  # the last epoch's adapter is the script's own save below
+                model.save_pretrained(out / f"adapter-epoch{round(state.epoch)}")
+                ends.append({"epoch": round(state.epoch), "seconds": time.monotonic() - STARTED})
+
+    Trainer(model=model, args=args, train_dataset=rows, callbacks=[EveryEpoch()],
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)).train()
     model.save_pretrained(out / "adapter")
+    (out / "epochs.json").write_text(json.dumps(ends))
 
 
 # ---- the scorer, in its own process ----------------------------------------------------------------------
@@ -119,35 +138,26 @@ def score(task_name: str, adapter: Path) -> dict:
 
 # ---- the driver --------------------------------------------------------------------------------------------
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
-    started = time.monotonic()
+    """Run `cmd`; (wall seconds, stdout). The command's CPU seconds (user + system, its own children
+    included) go to CPU_SECONDS[-1]: on a shared machine the CPU time is the steadier measure."""
+    started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     return time.monotonic() - started, proc.stdout
 
 
-def run_task(name: str, work: Path, baseline_epochs: list[float]) -> list[dict]:
+CPU_SECONDS: list[float] = []
+
+
+def run_task(name: str, work: Path, baseline_epochs: list[float], with_ours: bool = True) -> list[dict]:
     task, rows = TASKS[name], []
-    # ours: the minimal manifest through the real command line
-    out = work / name / "ours"
-    manifest = work / name / "ttq.yaml"
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(yaml.safe_dump(minimal_manifest(task, out)))
-    seconds, _ = timed([sys.executable, "-m", "kubetune_trainer", "run", str(manifest)])
-    root = next(out.glob("*/ttq/*/"))
-    metrics = json.loads((root / "metrics.json").read_text())
-    rows.append({"task": name, "arm": "ours", "wall_s": seconds, "adapter": str(root / "adapter"),
-                 "train_s": metrics["training"]["seconds"], "steps": metrics["training"]["steps"],
-                 "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"],
-                 "lr": metrics["training"].get("learningRate")})
-    print(f"  {name} ours: {seconds:.0f} s wall, {rows[0]['steps']} steps, stopped: {rows[0]['stop']}", flush=True)
     for epochs in baseline_epochs:
-        base = work / name / f"hf-{epochs:g}"
-        seconds, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base),
-                            "--epochs", str(epochs)])
-        rows.append({"task": name, "arm": f"hf-script {epochs:g} ep", "wall_s": seconds, "adapter": str(base / "adapter"),
-                     "epochs": epochs})
-        print(f"  {name} hf-script {epochs:g} ep: {seconds:.0f} s wall", flush=True)
+        rows += hf_rows(name, work, epochs)
+    if with_ours:
+        rows.insert(0, ours_row(name, work))
     for row in rows:
         _, stdout = timed([sys.executable, __file__, "--worker", "score", "--tasks", name, "--out", row["adapter"]])
         row["metric"], row["score"] = task["metric"], json.loads(stdout.splitlines()[-1])[task["metric"]]
@@ -156,12 +166,44 @@ def run_task(name: str, work: Path, baseline_epochs: list[float]) -> list[dict]:
     return rows
 
 
+def ours_row(name: str, work: Path) -> dict:
+    """`kubetune run` of the minimal manifest, the real command line."""
+    task = TASKS[name]
+    out = work / name / "ours"
+    manifest = work / name / "ttq.yaml"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(yaml.safe_dump(minimal_manifest(task, out)))
+    seconds, _ = timed([sys.executable, "-m", "kubetune_trainer", "run", str(manifest)])
+    root = next(out.glob("*/ttq/*/"))
+    metrics = json.loads((root / "metrics.json").read_text())
+    row = {"task": name, "arm": "ours", "wall_s": seconds, "cpu_s": CPU_SECONDS[-1], "adapter": str(root / "adapter"),
+           "train_s": metrics["training"]["seconds"], "steps": metrics["training"]["steps"],
+           "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"],
+           "lr": metrics["training"].get("learningRate")}
+    print(f"  {name} ours: {seconds:.0f} s wall, {row['steps']} steps, stopped: {row['stop']}", flush=True)
+    return row
+
+
+def hf_rows(name: str, work: Path, epochs: float) -> list[dict]:
+    """The HF script for `epochs`: one row per epoch end (wall time from its start to that epoch's end)."""
+    base = work / name / f"hf-{epochs:g}"
+    seconds, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base),
+                        "--epochs", str(epochs)])
+    print(f"  {name} hf-script {epochs:g} ep: {seconds:.0f} s wall", flush=True)
+    ends = json.loads((base / "epochs.json").read_text())
+    rows = [{"task": name, "arm": f"hf-script {epochs:g} ep, after epoch {e['epoch']}", "wall_s": e["seconds"],
+             "cpu_s": None, "adapter": str(base / f"adapter-epoch{e['epoch']}"), "epochs": e["epoch"]} for e in ends]
+    return rows + [{"task": name, "arm": f"hf-script {epochs:g} ep", "wall_s": seconds, "cpu_s": CPU_SECONDS[-1],
+                    "adapter": str(base / "adapter"), "epochs": epochs}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="sku,support", help="comma-separated: " + ", ".join(TASKS))
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--baseline-epochs", default="1,3",
                         help="epochs of the HF script, one arm each (1: the issue's script; 3: TrainingArguments' default)")
+    parser.add_argument("--no-ours", action="store_true", help="run only the HF script's arms")
     parser.add_argument("--epochs", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -177,17 +219,23 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="ttq-") as work:
         for name in args.tasks.split(","):
-            results += run_task(name, Path(work), [float(e) for e in args.baseline_epochs.split(",")])
-    print("\n| task | arm | wall s | metric | score | ours / this wall | notes |\n|---|---|---|---|---|---|---|")
+            results += run_task(name, Path(work), [float(e) for e in args.baseline_epochs.split(",")], not args.no_ours)
+    print("\n| task | arm | wall s | CPU s | metric | score | ours / this (wall) | ours / this (CPU) | notes |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        ours = next(o for o in results if o["task"] == r["task"] and o["arm"] == "ours")
+        ours = next((o for o in results if o["task"] == r["task"] and o["arm"] == "ours"), None)
         notes = (f"{r['steps']} steps, {r['stop']}, best step {r['best_step']}, training {r['train_s']} s, "
                  f"lr {r['lr']:.2e}") if r["arm"] == "ours" else f"{r['epochs']:g} epoch(s), lr 1e-3, r 8 q/k/v/o"
-        print(f"| {r['task']} | {r['arm']} | {r['wall_s']:.0f} | {r['metric']} | {r['score']:.4f} "
-              f"| {ours['wall_s'] / r['wall_s']:.2f} | {notes} |")
+        print(f"| {r['task']} | {r['arm']} | {r['wall_s']:.0f} | {_num(r['cpu_s'], '.0f')} | {r['metric']} "
+              f"| {r['score']:.4f} | {_num(ours and ours['wall_s'] / r['wall_s'], '.2f')} "
+              f"| {_num(ours and r['cpu_s'] and ours['cpu_s'] / r['cpu_s'], '.2f')} | {notes} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return None
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": N
 ARMS: dict[str, tuple[str, dict, dict]] = {
     "hf-dynamic": ("HF Trainer + PEFT, DataCollatorForSeq2Seq, group_by_length (baseline)", {}, {}),
     "trl-sft": ("TRL SFTTrainer, completion-only loss, padding_free (baseline)", {}, {}),
+    "trl-sft-padded": ("TRL SFTTrainer, completion-only loss, padded batches (baseline)", {}, {}),
     "hf-naive": ("extra: HF Trainer + PEFT, pad to 512, random order, full logits", {}, {}),
     "ours-pad-max": ("our loop in the naive layout (pad to 512, full logits)", {**NAIVE, "pad_to_max_length": True}, {}),
     "dynamic": ("pad to the longest of each micro-batch, random order", NAIVE, {}),
@@ -70,14 +71,14 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "ours-torch-dropout": ("default but torch's bernoulli dropout mask (the uniform-dropout lever off)",
                            {"uniform_dropout": False}, {}),
 }
-BASELINES = ("hf-dynamic", "trl-sft")  # what a user would pick instead; ratios are against the faster one
+BASELINES = ("hf-dynamic", "trl-sft", "trl-sft-padded")  # what a user would pick instead; ratios are against the faster one
 # glibc raises its mmap threshold as large blocks are freed and then keeps freed memory in the heap: peak RSS
 # then varies by up to 2 GB between identical runs (address-space layout decides how much). A fixed threshold
 # gives every large tensor its own mapping, returned when freed, so peak RSS is the live peak, the same on
 # every run; it costs every arm about 15% in speed (page faults).
 MMAP_THRESHOLD = 128 * 1024
 PRESETS = {
-    "main": ["hf-dynamic", "trl-sft", "ours", "hf-naive"],
+    "main": ["hf-dynamic", "trl-sft-padded", "ours", "hf-naive"],
     "levers": ["hf-naive", "dynamic", "grouped", "packed", "answer-logits", "grouped+answer"],
     "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
     "layout": ["ours", "packed+answer"],  # grouping or packing, over half an epoch (--steps 25)
@@ -198,7 +199,7 @@ def hf_trainer(name: str, model, tokenizer, train: list, args, common: dict):
                 return super().compute_loss(model, inputs, *a, **k)
         return Counting
 
-    if name == "trl-sft":
+    if name.startswith("trl-sft"):
         from trl import SFTConfig, SFTTrainer
 
         rows = [{"input_ids": e.input_ids, "completion_mask": [int(t != -100) for t in e.labels]} for e in train]
@@ -208,7 +209,9 @@ def hf_trainer(name: str, model, tokenizer, train: list, args, common: dict):
         # refuses max_length with padding_free and no packing, as it would not enforce it).
         # gradient_checkpointing False: SFTConfig turns it on by default (TrainingArguments and ours do not),
         # which trades speed for memory; the other arms have it off.
-        config = SFTConfig(**common, completion_only_loss=True, padding_free=True, max_length=None,
+        # trl-sft-padded: padding_free off (TRL documents it for FlashAttention; on CPU its first step did not
+        # finish in minutes), so TRL pads each micro-batch to its longest example, as hf-dynamic does.
+        config = SFTConfig(**common, completion_only_loss=True, padding_free=name == "trl-sft", max_length=None,
                            gradient_checkpointing=False)
         return counting(SFTTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows),
                                     processing_class=tokenizer, callbacks=[Clock()]), clock, counter
