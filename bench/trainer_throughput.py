@@ -51,7 +51,7 @@ MODEL = "bundled://smollm2-135m-instruct"
 SYSTEM = "You are the support assistant of Nordvik Outfitters."
 
 # arm: (what it is, Levers fields, training overrides); each lever on its own, then together
-NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None, "uniform_dropout": False}
+NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None}
 ARMS: dict[str, tuple[str, dict, dict]] = {
     "hf-dynamic": ("HF Trainer + PEFT, DataCollatorForSeq2Seq, group_by_length (baseline)", {}, {}),
     "trl-sft": ("TRL SFTTrainer, completion-only loss, padding_free (baseline)", {}, {}),
@@ -62,14 +62,12 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "grouped": ("dynamic + length-grouped micro-batches", {**NAIVE, "group_by_length": True}, {}),
     "packed": ("packing (position ids, block-diagonal mask), random order", NAIVE, {"packing": True}),
     "answer-logits": ("dynamic + answer-only logits", {**NAIVE, "answer_logits_only": True}, {}),
-    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None, "uniform_dropout": False}, {}),
-    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens + uniform dropout (default)", {}, {}),
+    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None}, {}),
+    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens (default)", {}, {}),
     "packed+answer": ("packing + answer-only logits + pass budget", {}, {"packing": True}),
     "ours+bf16": ("default + precision bf16 (bf16 weights, autocast)", {}, {"precision": "bf16"}),
     "ours+gc": ("default + gradient checkpointing", {}, {"gradientCheckpointing": True}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
-    "ours-torch-dropout": ("default but torch's bernoulli dropout mask (the uniform-dropout lever off)",
-                           {"uniform_dropout": False}, {}),
 }
 BASELINES = ("hf-dynamic", "trl-sft", "trl-sft-padded")  # what a user would pick instead; ratios are against the faster one
 # glibc raises its mmap threshold as large blocks are freed and then keeps freed memory in the heap: peak RSS
@@ -82,7 +80,6 @@ PRESETS = {
     "levers": ["hf-naive", "dynamic", "grouped", "packed", "answer-logits", "grouped+answer"],
     "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
     "layout": ["ours", "packed+answer"],  # grouping or packing, over half an epoch (--steps 25)
-    "dropout": ["ours-torch-dropout", "ours"],  # the uniform-dropout lever alone
 }
 
 

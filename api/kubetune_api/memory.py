@@ -224,7 +224,7 @@ def _layer_activation_bytes(shape: ModelShape, work: Workload) -> float:
     lora = 0.0
     inputs = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": shape.q_dim, "gate_proj": h, "up_proj": h,
               "down_proj": i}
-    mask = 1  # a bool mask: CUDA's dropout and the trainer's CPU dropout (uniform_dropout) keep one
+    mask = 1 if work.accelerator else e  # CUDA's dropout keeps a bool mask, the CPU's one of the input's dtype
     for name in layers:
         # dropout keeps its mask and lora_A keeps the dropped-out input; without dropout lora_A keeps the
         # layer input itself, which one tensor per input serves (q, k, v share it; gate and up too)

@@ -178,35 +178,6 @@ def hidden_size(model) -> int | None:
     return size if isinstance(size, int) else None
 
 
-def use_uniform_dropout(model) -> int:
-    """Give every LoRA layer's input dropout the mask of `uniform_dropout` (CPU training: torch's dropout draws
-    its CPU mask with bernoulli_, twice as slow as a uniform draw, and was a tenth of a CPU training step).
-    Returns the number of layers changed."""
-    import torch
-
-    class UniformDropout(torch.nn.Dropout):
-        def forward(self, x):
-            return uniform_dropout(x, self.p) if self.training and self.p > 0 else x
-
-    changed = 0
-    for module in model.modules():
-        dropouts = getattr(module, "lora_dropout", None)
-        if isinstance(dropouts, torch.nn.ModuleDict):
-            for name, layer in dropouts.items():
-                if type(layer) is torch.nn.Dropout:
-                    dropouts[name] = UniformDropout(layer.p)
-                    changed += 1
-    return changed
-
-
-def uniform_dropout(x, p: float):
-    """Inverted dropout, as torch.nn.functional.dropout in training: each element kept with probability 1 - p
-    (a uniform draw at least p) and scaled by 1 / (1 - p), else zero. Backward keeps the same elements."""
-    import torch
-
-    return torch.where(torch.rand_like(x) >= p, x * (1.0 / (1.0 - p)), 0.0)
-
-
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 

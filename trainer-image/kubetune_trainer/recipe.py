@@ -40,7 +40,6 @@ from .models import (
     import_training_libraries,
     load_model,
     load_tokenizer,
-    use_uniform_dropout,
 )
 from .preflight import check_output, check_weights
 from .progress import ProgressReporter
@@ -63,15 +62,12 @@ class Levers:
         fraction of what the same batch padded to maxSeqLength needs. The loss does not change. None: one
         pass per micro-batch.
     pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
-    uniform_dropout: on CPU, the adapters' input dropout draws its mask from a uniform draw instead of
-        torch's bernoulli_ (models.uniform_dropout: the same dropout, half the cost).
     """
 
     group_by_length: bool = True
     answer_logits_only: bool = True
     pass_tokens: float | None = 0.5
     pad_to_max_length: bool = False
-    uniform_dropout: bool = True
 
 
 class LoRARecipe:
@@ -206,8 +202,6 @@ class LoRARecipe:
         set_seed(t.seed)
         self.learning_rate = t.peak_learning_rate(hidden_size(self.model), self.spec.method.lora.alpha)
         self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing)
-        if self.levers.uniform_dropout and self.device == "cpu":
-            use_uniform_dropout(self.model)
         self.train_model = self.dist.wrap(self.model, self.sharding)  # DDP or FSDP under torchrun
         if t.packing:  # after wrap: under FSDP the weights reach the GPU there (every rank checks the same)
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
