@@ -12,15 +12,13 @@ from typing import Any
 
 import pytest
 
-# This directory has no __init__.py (a package named `operator` would shadow the standard library), so
-# the tests/ packages (k8s, fixtures) are put on the path explicitly.
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+# This directory has no __init__.py (a package named `operator` would shadow the standard library); the
+# tests/ packages (k8s, fixtures) are on the path through tests/conftest.py.
+from k8s.cluster import LocalCluster, free_port
+from k8s.fixtures import kube_cluster, kube_namespace, node_agent  # noqa: F401
+from k8s.process import LoggedProcess
 
-from k8s.cluster import LocalCluster, free_port  # noqa: E402
-from k8s.fixtures import kube_cluster, kube_namespace, node_agent  # noqa: E402, F401
-from k8s.process import LoggedProcess  # noqa: E402
+TESTS = Path(__file__).resolve().parents[1]
 
 ROOT = TESTS.parent
 BIN = Path(sys.executable).parent

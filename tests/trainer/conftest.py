@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-# The shared fixtures are imported as `fixtures.*` with tests/ on the path, as the operator tests do.
-TESTS = Path(__file__).resolve().parents[1]
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
+# The shared fixtures are imported as `fixtures.*`: tests/conftest.py puts tests/ on the path.
+from fixtures.s3 import S3Server
+from fixtures.tiny_model import make_tiny_model
 
-from fixtures.s3 import S3Server  # noqa: E402
-from fixtures.tiny_model import make_tiny_model  # noqa: E402
+TESTS = Path(__file__).resolve().parents[1]
 
 REPO = TESTS.parent
 PRODUCTS = {"tent": "KAV", "boots": "FJL", "backpack": "RYG", "lamp": "LYS"}
