@@ -137,19 +137,16 @@ def score(task_name: str, adapter: Path) -> dict:
 
 
 # ---- the driver --------------------------------------------------------------------------------------------
-def timed(cmd: list[str], env: dict | None = None) -> tuple[float, str]:
-    """Run `cmd`; (wall seconds, stdout). The command's CPU seconds (user + system, its own children
-    included) go to CPU_SECONDS[-1]: on a shared machine the CPU time is the steadier measure."""
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Run `cmd`; (wall seconds, CPU seconds, stdout). The CPU seconds are user + system, the command's own
+    children included: on a shared machine the steadier measure."""
     started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    return time.monotonic() - started, proc.stdout
-
-
-CPU_SECONDS: list[float] = []
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return time.monotonic() - started, cpu, proc.stdout
 
 
 def run_task(name: str, work: Path, baseline_epochs: list[float], with_ours: bool = True) -> list[dict]:
@@ -159,7 +156,7 @@ def run_task(name: str, work: Path, baseline_epochs: list[float], with_ours: boo
     if with_ours:
         rows.insert(0, ours_row(name, work))
     for row in rows:
-        _, stdout = timed([sys.executable, __file__, "--worker", "score", "--tasks", name, "--out", row["adapter"]])
+        _, _, stdout = timed([sys.executable, __file__, "--worker", "score", "--tasks", name, "--out", row["adapter"]])
         row["metric"], row["score"] = task["metric"], json.loads(stdout.splitlines()[-1])[task["metric"]]
         print(f"  {name} {row['arm']}: {row['wall_s']:.0f} s, {row['metric']} {row['score']:.4f} "
               f"(load {' '.join(f'{x:.1f}' for x in os.getloadavg())})", flush=True)
@@ -173,10 +170,10 @@ def ours_row(name: str, work: Path) -> dict:
     manifest = work / name / "ttq.yaml"
     manifest.parent.mkdir(parents=True, exist_ok=True)
     manifest.write_text(yaml.safe_dump(minimal_manifest(task, out)))
-    seconds, _ = timed([sys.executable, "-m", "kubetune_trainer", "run", str(manifest)])
+    seconds, cpu, _ = timed([sys.executable, "-m", "kubetune_trainer", "run", str(manifest)])
     root = next(out.glob("*/ttq/*/"))
     metrics = json.loads((root / "metrics.json").read_text())
-    row = {"task": name, "arm": "ours", "wall_s": seconds, "cpu_s": CPU_SECONDS[-1], "adapter": str(root / "adapter"),
+    row = {"task": name, "arm": "ours", "wall_s": seconds, "cpu_s": cpu, "adapter": str(root / "adapter"),
            "train_s": metrics["training"]["seconds"], "steps": metrics["training"]["steps"],
            "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"],
            "lr": metrics["training"].get("learningRate")}
@@ -187,13 +184,13 @@ def ours_row(name: str, work: Path) -> dict:
 def hf_rows(name: str, work: Path, epochs: float) -> list[dict]:
     """The HF script for `epochs`: one row per epoch end (wall time from its start to that epoch's end)."""
     base = work / name / f"hf-{epochs:g}"
-    seconds, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base),
+    seconds, cpu, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base),
                         "--epochs", str(epochs)])
     print(f"  {name} hf-script {epochs:g} ep: {seconds:.0f} s wall", flush=True)
     ends = json.loads((base / "epochs.json").read_text())
     rows = [{"task": name, "arm": f"hf-script {epochs:g} ep, after epoch {e['epoch']}", "wall_s": e["seconds"],
              "cpu_s": None, "adapter": str(base / f"adapter-epoch{e['epoch']}"), "epochs": e["epoch"]} for e in ends]
-    return rows + [{"task": name, "arm": f"hf-script {epochs:g} ep", "wall_s": seconds, "cpu_s": CPU_SECONDS[-1],
+    return rows + [{"task": name, "arm": f"hf-script {epochs:g} ep", "wall_s": seconds, "cpu_s": cpu,
                     "adapter": str(base / "adapter"), "epochs": epochs}]
 
 
