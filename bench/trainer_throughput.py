@@ -20,6 +20,8 @@ the same token ids. Each arm runs in its own process, started one after another 
   completion_mask), completion_only_loss and padding_free (each micro-batch flattened into one row with
   per-example position ids, no padding): TRL's documented fast settings that keep the examples per step.
   TRL's packing would put more examples into each step, so the number of examples per update would differ.
+  fp32 like every other arm (SFTConfig's own default is bf16 autocast and gradient checkpointing, both
+  turned off here; trl-sft-padded is the same with padding_free off).
 * hf-naive (a labelled extra row, not a baseline): transformers.Trainer + PEFT, every example padded to
   maxSeqLength (512), random order, full-vocabulary logits: what a first script does.
 * the others: the trainer's LoRARecipe (setup, then train: the product's batching and loss code) with one
@@ -51,7 +53,7 @@ MODEL = "bundled://smollm2-135m-instruct"
 SYSTEM = "You are the support assistant of Nordvik Outfitters."
 
 # arm: (what it is, Levers fields, training overrides); each lever on its own, then together
-NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None}
+NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None, "shared_prefix": False}
 ARMS: dict[str, tuple[str, dict, dict]] = {
     "hf-dynamic": ("HF Trainer + PEFT, DataCollatorForSeq2Seq, group_by_length (baseline)", {}, {}),
     "trl-sft": ("TRL SFTTrainer, completion-only loss, padding_free (baseline)", {}, {}),
@@ -62,8 +64,10 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "grouped": ("dynamic + length-grouped micro-batches", {**NAIVE, "group_by_length": True}, {}),
     "packed": ("packing (position ids, block-diagonal mask), random order", NAIVE, {"packing": True}),
     "answer-logits": ("dynamic + answer-only logits", {**NAIVE, "answer_logits_only": True}, {}),
-    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None}, {}),
-    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens (default)", {}, {}),
+    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None, "shared_prefix": False}, {}),
+    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens + shared prefix once (default)", {}, {}),
+    "ours-no-prefix": ("the default without running the shared prompt prefix once per pass",
+                       {"shared_prefix": False}, {}),
     "packed+answer": ("packing + answer-only logits + pass budget", {}, {"packing": True}),
     "ours+bf16": ("default + precision bf16 (bf16 weights, autocast)", {}, {"precision": "bf16"}),
     "ours+gc": ("default + gradient checkpointing", {}, {"gradientCheckpointing": True}),
@@ -76,7 +80,7 @@ BASELINES = ("hf-dynamic", "trl-sft", "trl-sft-padded")  # what a user would pic
 # every run; it costs every arm about 15% in speed (page faults).
 MMAP_THRESHOLD = 128 * 1024
 PRESETS = {
-    "main": ["hf-dynamic", "trl-sft-padded", "ours", "hf-naive"],
+    "main": ["hf-dynamic", "trl-sft", "trl-sft-padded", "ours", "ours-no-prefix", "hf-naive"],
     "levers": ["hf-naive", "dynamic", "grouped", "packed", "answer-logits", "grouped+answer"],
     "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
     "layout": ["ours", "packed+answer"],  # grouping or packing, over half an epoch (--steps 25)
@@ -206,10 +210,11 @@ def hf_trainer(name: str, model, tokenizer, train: list, args, common: dict):
         # refuses max_length with padding_free and no packing, as it would not enforce it).
         # gradient_checkpointing False: SFTConfig turns it on by default (TrainingArguments and ours do not),
         # which trades speed for memory; the other arms have it off.
-        # trl-sft-padded: padding_free off (TRL documents it for FlashAttention; on CPU its first step did not
-        # finish in minutes), so TRL pads each micro-batch to its longest example, as hf-dynamic does.
+        # bf16 False: SFTConfig turns bf16 autocast on by default; every other arm trains in fp32, and on a CPU
+        # without AVX512-BF16 / AMX its bf16 matrix multiplies are emulated (this is why TRL did not finish on
+        # CPU before). trl-sft-padded: padding_free off, so TRL pads each micro-batch to its longest example.
         config = SFTConfig(**common, completion_only_loss=True, padding_free=name == "trl-sft", max_length=None,
-                           gradient_checkpointing=False)
+                           gradient_checkpointing=False, bf16=False)
         return counting(SFTTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows),
                                     processing_class=tokenizer, callbacks=[Clock()]), clock, counter
     if name == "hf-dynamic":

@@ -10,7 +10,14 @@ import torch
 from kubetune_api.job import parse_job
 from kubetune_trainer.batching import Schedule, pack_batch, pack_rows, pad_batch, passes
 from kubetune_trainer.errors import ConfigError
-from kubetune_trainer.loss import answer_loss, check_packing
+from kubetune_trainer.loss import (
+    MIN_SHARED_PREFIX,
+    answer_loss,
+    check_packing,
+    check_shared_prefix,
+    shared_prefix_length,
+)
+from kubetune_trainer.prompting import Encoded
 from kubetune_trainer.recipe import Levers, LoRARecipe
 
 from .conftest import manifest, sku_rows, tiny_spec, write_jsonl
@@ -40,9 +47,9 @@ def examples(n: int = 5, seed: int = 1) -> tuple[list[list[int]], list[list[int]
     return ids, labels
 
 
-def loss_and_grads(model, batch: dict, answer_only: bool = True) -> tuple[float, int, dict]:
+def loss_and_grads(model, batch: dict, answer_only: bool = True, share_prefix: bool = False) -> tuple[float, int, dict]:
     model.zero_grad()
-    loss, count = answer_loss(model, batch, answer_only)
+    loss, count = answer_loss(model, batch, answer_only, share_prefix)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.item(), count, grads
@@ -77,8 +84,6 @@ def test_packed_rows_give_the_unpacked_loss_and_gradients(lora_model):
 
 
 def test_a_model_that_attends_across_packed_examples_is_refused(lora_model):
-    from kubetune_trainer.prompting import Encoded
-
     class Leaky(torch.nn.Module):  # an attention mask of ones defeats the per-example position ids
         def __init__(self, inner):
             super().__init__()
@@ -93,6 +98,69 @@ def test_a_model_that_attends_across_packed_examples_is_refused(lora_model):
     check_packing(lora_model, encoded, 0, "cpu")
     with pytest.raises(ConfigError, match="training.packing"):
         check_packing(Leaky(lora_model), encoded, 0, "cpu")
+
+
+def with_prefix(n: int = 5, prefix: int = 24, seed: int = 1) -> tuple[list[list[int]], list[list[int]]]:
+    """examples() behind one common prompt prefix (a system prompt and chat template): labels -100 there."""
+    head = [random.Random(seed).randrange(4, 300) for _ in range(prefix)]
+    ids, labels = examples(n, seed)
+    return [head + i for i in ids], [[-100] * prefix + lab for lab in labels]
+
+
+def backbone_rows(model, run) -> list[tuple[int, int]]:
+    """The (rows, tokens) of every call of the embedding layer while `run()` runs."""
+    seen: list[tuple[int, int]] = []
+    handle = model.get_input_embeddings().register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("answer_only", [True, False])
+def test_a_shared_prefix_runs_once_and_gives_the_same_loss_and_gradients(lora_model, answer_only):
+    ids, labels = with_prefix(5, prefix=24)
+    batch = pad_batch(ids, 0, labels)
+    assert shared_prefix_length(batch) >= 24
+    prefix, width = shared_prefix_length(batch), batch["input_ids"].shape[1]
+    shared: list = []
+    calls = backbone_rows(lora_model, lambda: shared.append(loss_and_grads(lora_model, batch, answer_only, True)))
+    assert calls == [(1, prefix), (5, width - prefix)], "the prefix runs as one row, the rest after it"
+    assert_same(shared[0], loss_and_grads(lora_model, batch, answer_only, share_prefix=False))
+
+
+def test_the_shared_prefix_stops_before_any_answer_and_leaves_every_row_a_token():
+    ids, labels = with_prefix(3, prefix=30)
+    assert shared_prefix_length(pad_batch(ids[:1], 0, labels[:1])) == 0, "one row: nothing to share"
+    labels[1] = [-100] * 20 + ids[1][20:]  # row 1 is taught from position 20 on
+    assert shared_prefix_length(pad_batch(ids, 0, labels)) == 19, "position 19 predicts an answer token"
+    short = [ids[0][:MIN_SHARED_PREFIX + 3]] + ids[1:]
+    short_labels = [[-100] * len(short[0])] + labels[1:]
+    assert shared_prefix_length(pad_batch(short, 0, short_labels)) == MIN_SHARED_PREFIX + 2
+    ids, labels = with_prefix(3, prefix=MIN_SHARED_PREFIX - 4)
+    assert shared_prefix_length(pad_batch(ids, 0, labels)) == 0, "too short to be worth a forward call"
+
+
+def test_prefix_sharing_is_used_only_where_the_start_up_check_finds_the_same_logits(lora_model):
+    def encoded(ids, labels):
+        return [Encoded(i, lab, False, len(i)) for i, lab in zip(ids, labels, strict=True)]
+
+    assert check_shared_prefix(lora_model, encoded(*with_prefix(4)), 0, "cpu")
+    assert not check_shared_prefix(lora_model, encoded(*examples(4)), 0, "cpu"), "no common prefix in the data"
+
+    class Forgetful(torch.nn.Module):  # a model whose cache does not carry the prefix to the next call
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def get_base_model(self):
+            return self.inner.get_base_model()
+
+        def forward(self, input_ids, cache=None, past_key_values=None, **kwargs):
+            return self.inner(input_ids=input_ids, **kwargs)
+
+    assert not check_shared_prefix(Forgetful(lora_model), encoded(*with_prefix(4)), 0, "cpu")
 
 
 def test_length_grouping_keeps_every_example_once_per_epoch_with_less_padding():
@@ -130,21 +198,33 @@ def test_forward_passes_stay_within_the_token_budget(packed):
     assert all(sum(lengths[i] for i in row) <= 512 for row in rows)
 
 
-def run_steps(tiny_model, tmp_path, name: str, levers: Levers, **training) -> list[float]:
+def run_steps(tiny_model, tmp_path, name: str, levers: Levers, dataset: dict | None = None,
+              shares: bool | None = None, **training) -> list[float]:
     train = write_jsonl(tmp_path / "train.jsonl", sku_rows())
     spec = tiny_spec(str(tiny_model), str(train), str(tmp_path / name), training={"maxSteps": 4, **training})
+    spec["dataset"].update(dataset or {})
     recipe = LoRARecipe(parse_job(manifest(spec, name=name)), levers=levers, work_dir=str(tmp_path))
     try:
         recipe.setup()
+        assert shares is None or recipe.share_prefix == shares
         recipe.train()
     finally:
         recipe.cleanup()
     return [e["loss"] for e in recipe.log if e["event"] == "step"]
 
 
+def test_a_job_runs_the_shared_system_prompt_once_and_trains_the_same(tiny_model, tmp_path):
+    system = "You are the order assistant of a shop that sells outdoor clothing. Reply with the code only."
+    dataset = {"systemPrompt": system, "maxSeqLength": 160}  # the tiny tokenizer spells most words out
+    shared = run_steps(tiny_model, tmp_path, "shared", Levers(), dataset=dataset, shares=True)
+    plain = run_steps(tiny_model, tmp_path, "plain", Levers(shared_prefix=False), dataset=dataset, shares=False)
+    assert len(shared) == 4 and shared[-1] < shared[0]
+    assert shared == pytest.approx(plain, rel=1e-4)
+
+
 def test_packing_and_split_passes_train_like_one_padded_pass_per_micro_batch(tiny_model, tmp_path):
     reference = run_steps(tiny_model, tmp_path, "padded", Levers(group_by_length=False, pass_tokens=None))
-    packed = run_steps(tiny_model, tmp_path, "packed", Levers(pass_tokens=None), packing=True)
+    packed = run_steps(tiny_model, tmp_path, "packed", Levers(pass_tokens=None), shares=False, packing=True)
     split = run_steps(tiny_model, tmp_path, "split", Levers(group_by_length=False, pass_tokens=0.01))
     assert len(reference) == 4 and reference[-1] < reference[0]
     assert packed == pytest.approx(reference, rel=1e-4)

@@ -7,6 +7,12 @@ logits is wasted work and the largest activation of the step. Transformers model
 `logits_to_keep` as a boolean (batch, sequence) mask and apply the output layer (and any final soft-capping
 or scaling the model does) only at those positions; models that do not (remote code) get full logits,
 from which the same positions are selected. Both give the same loss.
+
+Instruction data also repeats itself at the start of every example: the chat template and the system
+prompt. With `share_prefix`, the tokens that every row of a padded batch has in common (and predicts
+nothing from) run once, as one row: their keys and values, expanded to the batch, serve every row's
+remaining tokens, and their gradients flow back through the expansion. Causal attention makes that the
+same computation: a prefix token never sees what follows it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ def _supports(cls: type) -> bool:
     return cls.__module__.startswith("transformers.models.") and "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
-def answer_loss(model, batch: dict, answer_logits_only: bool = True):
+def answer_loss(model, batch: dict, answer_logits_only: bool = True, share_prefix: bool = False):
     """(sum of the cross-entropy over the answer tokens, their number) for a batch from `batching`.
 
     `batch["targets"]` holds the token each position predicts (-100 where none); the other entries are
@@ -44,7 +50,7 @@ def answer_loss(model, batch: dict, answer_logits_only: bool = True):
 
     targets = batch["targets"]
     keep = targets != -100
-    logits = _kept_logits(model, batch, logits_mask=answer_logits_only)
+    logits = _kept_logits(model, batch, logits_mask=answer_logits_only, share_prefix=share_prefix)
     loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
     return loss, int(keep.sum())
 
@@ -77,10 +83,85 @@ def check_packing(model, encoded: list, pad_id: int, device: str) -> None:
                           "transformers; set training.packing to false")
 
 
-def _kept_logits(model, batch: dict, logits_mask: bool = True):
-    """fp32 logits at the answer positions; with `logits_mask`, computed only there when the model can."""
+MIN_SHARED_PREFIX = 16  # tokens; a shorter common prefix is not worth an extra forward call
+
+
+def shared_prefix_length(batch: dict) -> int:
+    """How many leading positions every row of a padded batch has in common and predicts nothing from
+    (targets -100), leaving each row at least one token: 0 with one row, for packed rows, or when that is
+    shorter than MIN_SHARED_PREFIX."""
+    ids, targets, mask = batch["input_ids"], batch["targets"], batch.get("attention_mask")
+    if mask is None or ids.shape[0] < 2:
+        return 0
+    same = ((ids == ids[:1]).all(dim=0) & (targets == -100).all(dim=0)).int()
+    length = min(int(same.cumprod(0).sum()), int(mask.sum(dim=1).min()) - 1)
+    return length if length >= MIN_SHARED_PREFIX else 0
+
+
+def _kept_logits(model, batch: dict, logits_mask: bool = True, share_prefix: bool = False):
+    """fp32 logits at the answer positions; with `logits_mask`, computed only there when the model can;
+    with `share_prefix`, the rows' common prefix computed once."""
     keep = batch["targets"] != -100
     inputs = {k: v for k, v in batch.items() if k != "targets"}
+    prefix = shared_prefix_length(batch) if share_prefix else 0
+    if prefix:
+        inputs, keep = _after_prefix(model, inputs, prefix), keep[:, prefix:]
+    cache = {"use_cache": bool(prefix)}  # the suffix pass extends the prefix's cache
     if logits_mask and supports_logits_mask(model):
-        return model(**inputs, use_cache=False, logits_to_keep=keep).logits.float()
-    return model(**inputs, use_cache=False).logits[keep].float()
+        return model(**inputs, **cache, logits_to_keep=keep).logits.float()
+    return model(**inputs, **cache).logits[keep].float()
+
+
+def _after_prefix(model, inputs: dict, prefix: int) -> dict:
+    """The model inputs for the tokens after `prefix`: the prefix runs once, as the first row, through the
+    unwrapped transformers backbone (under DDP its gradients still reach the wrapper's hooks, as they
+    accumulate into the same parameters), and its key/value cache is expanded to every row."""
+    import torch
+
+    ids, rows = inputs["input_ids"], inputs["input_ids"].shape[0]
+    lm = _causal_lm(model)
+    name = _cache_argument(type(lm))
+    cache = getattr(lm.base_model(input_ids=ids[:1, :prefix], use_cache=True), name)
+    for layer in cache.layers:
+        layer.keys, layer.values = layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)
+    positions = torch.arange(prefix, ids.shape[1], device=ids.device).expand(rows, -1)
+    return {"input_ids": ids[:, prefix:], "attention_mask": inputs["attention_mask"], "position_ids": positions,
+            name: cache}
+
+
+@functools.cache
+def _cache_argument(cls: type) -> str:
+    """What transformers calls the key/value cache, in and out: `cache` since 5.2x, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+def check_shared_prefix(model, encoded: list, pad_id: int, device: str, dtype=None) -> bool:
+    """Whether sharing a common prefix can be used with this model and data: two examples that share one
+    give the same answer logits both ways (as check_packing: two short forward passes). False when no two
+    examples share MIN_SHARED_PREFIX tokens, or the model's cache cannot be shared (remote code, state-space
+    layers), or the logits differ beyond numerical noise."""
+    import torch
+
+    from .batching import pad_batch
+
+    by_start: dict[tuple, list] = {}
+    for e in sorted(encoded, key=lambda e: len(e.input_ids)):
+        if any(t != -100 for t in e.labels[1:]):
+            by_start.setdefault(tuple(e.input_ids[:MIN_SHARED_PREFIX]), []).append(e)
+    pair = max(by_start.values(), key=len, default=[])[:2]
+    if len(pair) < 2 or not supports_logits_mask(model):
+        return False
+    batch = {k: v.to(device) for k, v in pad_batch([e.input_ids for e in pair], pad_id, [e.labels for e in pair]).items()}
+    if not shared_prefix_length(batch):
+        return False
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            separate, shared = (_kept_logits(model, batch, share_prefix=s) for s in (False, True))
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return False
+    finally:
+        model.train(was_training)
+    noise = 1e-3 if dtype in (None, torch.float32) else 0.1  # of the logits' spread; bf16 rounds at 1e-2
+    return bool((shared - separate).abs().max() <= noise * separate.std())

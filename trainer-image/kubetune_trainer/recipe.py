@@ -62,12 +62,16 @@ class Levers:
         fraction of what the same batch padded to maxSeqLength needs. The loss does not change. None: one
         pass per micro-batch.
     pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
+    shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
+        for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
+        finds the same logits both ways (trainstep.shares_prefix).
     """
 
     group_by_length: bool = True
     answer_logits_only: bool = True
     pass_tokens: float | None = 0.5
     pad_to_max_length: bool = False
+    shared_prefix: bool = True
 
 
 class LoRARecipe:
@@ -206,6 +210,7 @@ class LoRARecipe:
         if t.packing:  # after wrap: under FSDP the weights reach the GPU there (every rank checks the same)
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
         self.filler = trainstep.filler(self.train_encoded)  # a rank's zero-weight pass when it has none
+        self.share_prefix = trainstep.shares_prefix(self)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=t.weight_decay)
         grouped = self.levers.group_by_length and not t.packing and not self.levers.pad_to_max_length
@@ -267,7 +272,7 @@ class LoRARecipe:
         if self.watch is None or not self.watch.due(step, total):
             return False
         loss = mean_loss(self.model, self.watch.subset, self.tokenizer.pad_token_id, self._eval_batch(), self.device,
-                         self.dist)
+                         self.dist, self.share_prefix)
         self.model.train()
         self.log.append({**self.watch.record(step, loss, lambda: self.dist.trainable_state(self.model)),
                          "time": round(time.time(), 3)})

@@ -30,7 +30,7 @@ def score_held_out(recipe, batch: int) -> tuple[dict, list[dict]]:
 
 def _loss(recipe, batch: int) -> float:
     return mean_loss(recipe.model, recipe.eval_encoded, recipe.tokenizer.pad_token_id, batch, recipe.device,
-                     recipe.dist)
+                     recipe.dist, recipe.share_prefix)
 
 
 def _generate(recipe, examples: list, batch: int) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .batching import pack_batch, pad_batch, passes
 from .distributed import balanced_shards
-from .loss import answer_loss
+from .loss import answer_loss, check_shared_prefix
 from .prompting import Encoded
 
 
@@ -20,6 +20,20 @@ def filler(encoded: list[Encoded]) -> Encoded:
     """The shortest example with an answer token: a rank's zero-weight pass when it has none."""
     usable = [e for e in encoded if any(t != -100 for t in e.labels[1:])] or encoded
     return min(usable, key=lambda e: len(e.input_ids))
+
+
+def shares_prefix(recipe) -> bool:
+    """Whether passes run their rows' common prefix once (Levers.shared_prefix, loss.py): not for packed
+    rows (one row holds several examples), nor with gradient checkpointing (transformers drops the cache
+    there), nor under FSDP (the prefix pass runs outside the sharded wrapper); and only when the start-up
+    check finds that this model and data give the same logits both ways."""
+    t = recipe.spec.training
+    if not recipe.levers.shared_prefix or t.packing or t.gradient_checkpointing or recipe.levers.pad_to_max_length:
+        return False
+    if recipe.dist.distributed and recipe.sharding == "fsdp":
+        return False
+    return check_shared_prefix(recipe.model, recipe.train_encoded, recipe.tokenizer.pad_token_id, recipe.device,
+                               recipe.dtype)
 
 
 def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
@@ -46,7 +60,8 @@ def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
         batch = {k: v.to(recipe.device) for k, v in collate(recipe, part or [recipe.filler]).items()}
         with dist.accumulating(recipe.train_model, last=n == count - 1):
             with torch.autocast(recipe.device, dtype=recipe.dtype, enabled=recipe.dtype != torch.float32):
-                loss_sum, _ = answer_loss(recipe.train_model, batch, recipe.levers.answer_logits_only)
+                loss_sum, _ = answer_loss(recipe.train_model, batch, recipe.levers.answer_logits_only,
+                                          recipe.share_prefix)
             # DDP and FSDP average the ranks' gradients: x world makes that their sum, the step's gradient
             recipe.scaler.scale(loss_sum * (world / total_tokens if part else 0.0)).backward()
         if part:
