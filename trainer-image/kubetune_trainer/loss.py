@@ -41,6 +41,11 @@ def _supports(cls: type) -> bool:
     return cls.__module__.startswith("transformers.models.") and "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+def has_answer(example) -> bool:
+    """Whether an encoded example has an answer token to predict (one after its first position)."""
+    return any(t != -100 for t in example.labels[1:])
+
+
 def answer_loss(model, batch: dict, answer_logits_only: bool = True, share_prefix: bool = False):
     """(sum of the cross-entropy over the answer tokens, their number) for a batch from `batching`.
 
@@ -65,7 +70,7 @@ def check_packing(model, encoded: list, pad_id: int, device: str) -> None:
     from .batching import pack_batch, pad_batch
     from .errors import ConfigError
 
-    usable = [e for e in encoded if any(t != -100 for t in e.labels[1:])]
+    usable = [e for e in encoded if has_answer(e)]
     pair = sorted(sorted(usable, key=lambda e: len(e.input_ids))[:2], key=lambda e: -len(e.input_ids))
     if len(pair) < 2:
         return
@@ -146,7 +151,7 @@ def check_shared_prefix(model, encoded: list, pad_id: int, device: str, dtype=No
 
     by_start: dict[tuple, list] = {}
     for e in sorted(encoded, key=lambda e: len(e.input_ids)):
-        if any(t != -100 for t in e.labels[1:]):
+        if has_answer(e):
             by_start.setdefault(tuple(e.input_ids[:MIN_SHARED_PREFIX]), []).append(e)
     pair = max(by_start.values(), key=len, default=[])[:2]
     if len(pair) < 2 or not supports_logits_mask(model):

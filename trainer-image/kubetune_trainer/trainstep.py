@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .batching import pack_batch, pad_batch, passes
 from .distributed import balanced_shards
-from .loss import answer_loss, check_shared_prefix
+from .loss import answer_loss, check_shared_prefix, has_answer
 from .prompting import Encoded
 
 
@@ -18,7 +18,7 @@ def pass_budget(fraction: float | None, batch_size: int, max_len: int) -> int | 
 
 def filler(encoded: list[Encoded]) -> Encoded:
     """The shortest example with an answer token: a rank's zero-weight pass when it has none."""
-    usable = [e for e in encoded if any(t != -100 for t in e.labels[1:])] or encoded
+    usable = [e for e in encoded if has_answer(e)] or encoded
     return min(usable, key=lambda e: len(e.input_ids))
 
 
