@@ -51,7 +51,7 @@ from .storage import ArtifactStore, Background, Storage
 
 @dataclass(frozen=True)
 class Levers:
-    """How the training step runs, beyond what the spec says. The defaults are what every job gets; the
+    """How the training step and the evaluation run, beyond what the spec says. The defaults are what every job gets; the
     benchmark (bench/trainer_throughput.py) turns them off one at a time to measure each.
 
     group_by_length: micro-batches hold examples of similar length, so padded batches are mostly real
@@ -65,6 +65,8 @@ class Levers:
     shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
         for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
         finds the same logits both ways (trainstep.shares_prefix).
+    merged_generation: the tuned model's generations after training run with the adapter merged into the
+        base weights (scoring.merges_for_generation: not for QLoRA nor FSDP).
     """
 
     group_by_length: bool = True
@@ -72,6 +74,7 @@ class Levers:
     pass_tokens: float | None = 0.5
     pad_to_max_length: bool = False
     shared_prefix: bool = True
+    merged_generation: bool = True
 
 
 class LoRARecipe:
