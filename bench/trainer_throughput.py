@@ -53,7 +53,8 @@ MODEL = "bundled://smollm2-135m-instruct"
 SYSTEM = "You are the support assistant of Nordvik Outfitters."
 
 # arm: (what it is, Levers fields, training overrides); each lever on its own, then together
-NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None, "shared_prefix": False}
+NAIVE = {"group_by_length": False, "answer_logits_only": False, "pass_tokens": None, "shared_prefix": False,
+         "chunked_head": False}
 ARMS: dict[str, tuple[str, dict, dict]] = {
     "hf-dynamic": ("HF Trainer + PEFT, DataCollatorForSeq2Seq, group_by_length (baseline)", {}, {}),
     "trl-sft": ("TRL SFTTrainer, completion-only loss, padding_free (baseline)", {}, {}),
@@ -64,8 +65,11 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "grouped": ("dynamic + length-grouped micro-batches", {**NAIVE, "group_by_length": True}, {}),
     "packed": ("packing (position ids, block-diagonal mask), random order", NAIVE, {"packing": True}),
     "answer-logits": ("dynamic + answer-only logits", {**NAIVE, "answer_logits_only": True}, {}),
-    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None, "shared_prefix": False}, {}),
-    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens + shared prefix once (default)", {}, {}),
+    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None, "shared_prefix": False,
+                                                        "chunked_head": False}, {}),
+    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens + shared prefix once + chunked "
+             "output layer and loss (default)", {}, {}),
+    "ours-no-chunk": ("the default without the chunked output layer and loss", {"chunked_head": False}, {}),
     "ours-no-prefix": ("the default without running the shared prompt prefix once per pass",
                        {"shared_prefix": False}, {}),
     "packed+answer": ("packing + answer-only logits + pass budget", {}, {"packing": True}),
@@ -80,7 +84,7 @@ BASELINES = ("hf-dynamic", "trl-sft", "trl-sft-padded")  # what a user would pic
 # every run; it costs every arm about 15% in speed (page faults).
 MMAP_THRESHOLD = 128 * 1024
 PRESETS = {
-    "main": ["hf-dynamic", "trl-sft", "trl-sft-padded", "ours", "ours-no-prefix", "hf-naive"],
+    "main": ["hf-dynamic", "trl-sft", "trl-sft-padded", "ours", "ours-no-prefix", "ours-no-chunk", "hf-naive"],
     "levers": ["hf-naive", "dynamic", "grouped", "packed", "answer-logits", "grouped+answer"],
     "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
     "layout": ["ours", "packed+answer"],  # grouping or packing, over half an epoch (--steps 25)
@@ -133,10 +137,12 @@ def run_ours(args, name: str, out: str) -> dict:
     peak = peak_rss_mb()
     steps = [e for e in recipe.log if e["event"] == "step"]
     loss = mean_loss(recipe.model, recipe.eval_encoded, recipe.tokenizer.pad_token_id, 8, recipe.device)
+    options = recipe.loss_options  # which of the checked levers the start-up checks let run
     recipe.cleanup()
     return {"seconds": recipe.train_seconds, "cpu_seconds": cpu, "tokens": recipe.train_tokens, "steps": len(steps),
             "examples": args.steps * args.batch_size * args.accumulation, "peak_rss_mb": peak,
-            "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"]}
+            "ready_rss_mb": ready_rss, "eval_loss": loss, "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"],
+            "loss_options": options}
 
 
 def run_hf(args, name: str, out: str) -> dict:

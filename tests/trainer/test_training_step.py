@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from kubetune_api.job import parse_job
+from kubetune_trainer import loss as loss_module
 from kubetune_trainer.batching import Schedule, pack_batch, pack_rows, pad_batch, passes
 from kubetune_trainer.errors import ConfigError
 from kubetune_trainer.loss import (
     MIN_SHARED_PREFIX,
     answer_loss,
+    check_chunked_head,
     check_packing,
     check_shared_prefix,
     shared_prefix_length,
@@ -47,9 +49,10 @@ def examples(n: int = 5, seed: int = 1) -> tuple[list[list[int]], list[list[int]
     return ids, labels
 
 
-def loss_and_grads(model, batch: dict, answer_only: bool = True, share_prefix: bool = False) -> tuple[float, int, dict]:
+def loss_and_grads(model, batch: dict, answer_only: bool = True, share_prefix: bool = False,
+                   chunked_head: bool = False) -> tuple[float, int, dict]:
     model.zero_grad()
-    loss, count = answer_loss(model, batch, answer_only, share_prefix)
+    loss, count = answer_loss(model, batch, answer_only, share_prefix, chunked_head)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     return loss.item(), count, grads
@@ -163,6 +166,46 @@ def test_prefix_sharing_is_used_only_where_the_start_up_check_finds_the_same_log
     assert not check_shared_prefix(Forgetful(lora_model), encoded(*with_prefix(4)), 0, "cpu")
 
 
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_the_chunked_output_layer_gives_the_same_loss_and_gradients_without_whole_logits(lora_model, monkeypatch,
+                                                                                        share_prefix):
+    monkeypatch.setattr(loss_module, "CHUNK_ELEMENTS", 7 * lora_model.config.vocab_size)  # chunks of 7 positions
+    ids, labels = with_prefix(5, prefix=24)
+    batch = pad_batch(ids, 0, labels)
+    head = lora_model.get_output_embeddings()
+    widths: list[int] = []
+    handle = head.register_forward_hook(lambda m, args, out: widths.append(out.shape[-1]))
+    try:
+        chunked = loss_and_grads(lora_model, batch, share_prefix=share_prefix, chunked_head=True)
+    finally:
+        handle.remove()
+    assert widths == [], "the output layer module never ran: no logits tensor of the whole pass"
+    assert chunked[1] > 14, "several chunks"
+    assert_same(chunked, loss_and_grads(lora_model, batch, share_prefix=share_prefix))
+    assert lora_model.get_output_embeddings() is head, "the output layer is put back"
+    with torch.no_grad():  # the held-out loss takes the same path without computing a gradient
+        assert answer_loss(lora_model, batch, chunked_head=True)[0].item() == pytest.approx(chunked[0], rel=1e-5)
+
+
+def test_the_chunked_loss_is_used_only_where_the_start_up_check_finds_the_same_loss(lora_model, tiny_model):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Gemma2Config, Gemma2ForCausalLM
+
+    ids, labels = examples(4)
+    encoded = [Encoded(i, lab, False, len(i)) for i, lab in zip(ids, labels, strict=True)]
+    assert check_chunked_head(lora_model, encoded, 0, "cpu")
+    # Gemma 2 soft-caps its logits after the output layer: the chunked loss would be another loss.
+    torch.manual_seed(0)
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=320, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                           final_logit_softcapping=1.0))
+    assert not check_chunked_head(get_peft_model(gemma, LoraConfig(r=4, target_modules="all-linear")), encoded, 0, "cpu")
+    # An adapter on the output layer itself: its weight alone is not the layer.
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    on_head = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    assert not check_chunked_head(on_head, encoded, 0, "cpu")
+
+
 def test_length_grouping_keeps_every_example_once_per_epoch_with_less_padding():
     rng = random.Random(0)
     lengths = [min(500, int(rng.lognormvariate(4.5, 0.6))) for _ in range(403)]
@@ -199,7 +242,7 @@ def test_forward_passes_stay_within_the_token_budget(packed):
 
 
 def run_steps(tiny_model, tmp_path, name: str, levers: Levers, dataset: dict | None = None,
-              shares: bool | None = None, **training) -> list[float]:
+              shares: bool | None = None, chunks: bool | None = None, **training) -> list[float]:
     train = write_jsonl(tmp_path / "train.jsonl", sku_rows())
     spec = tiny_spec(str(tiny_model), str(train), str(tmp_path / name), training={"maxSteps": 4, **training})
     spec["dataset"].update(dataset or {})
@@ -207,6 +250,7 @@ def run_steps(tiny_model, tmp_path, name: str, levers: Levers, dataset: dict | N
     try:
         recipe.setup()
         assert shares is None or recipe.share_prefix == shares
+        assert chunks is None or recipe.chunked_head == chunks
         recipe.train()
     finally:
         recipe.cleanup()
@@ -220,6 +264,13 @@ def test_a_job_runs_the_shared_system_prompt_once_and_trains_the_same(tiny_model
     plain = run_steps(tiny_model, tmp_path, "plain", Levers(shared_prefix=False), dataset=dataset, shares=False)
     assert len(shared) == 4 and shared[-1] < shared[0]
     assert shared == pytest.approx(plain, rel=1e-4)
+
+
+def test_a_job_with_the_chunked_output_layer_trains_the_same(tiny_model, tmp_path):
+    chunked = run_steps(tiny_model, tmp_path, "chunked", Levers(), chunks=True)
+    plain = run_steps(tiny_model, tmp_path, "plain", Levers(chunked_head=False), chunks=False)
+    assert len(chunked) == 4 and chunked[-1] < chunked[0]
+    assert chunked == pytest.approx(plain, rel=1e-4)
 
 
 def test_packing_and_split_passes_train_like_one_padded_pass_per_micro_batch(tiny_model, tmp_path):

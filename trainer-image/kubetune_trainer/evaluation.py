@@ -12,10 +12,11 @@ from .prompting import Encoded, PromptFormatter
 
 
 def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, device: str, dist=None,
-              share_prefix: bool = False) -> float:
+              **options) -> float:
     """Mean cross-entropy per answer token over the examples (batched by length, so little padding). With a
     process group (distributed.py) each rank runs its share of the same batches and the sums are added up,
-    so the result is the one-process one (up to the order of a float sum). `share_prefix`: loss.py."""
+    so the result is the one-process one (up to the order of a float sum). `options`: answer_loss's
+    share_prefix and chunked_head (loss.py)."""
     import torch
 
     total, tokens = 0.0, 0
@@ -24,7 +25,7 @@ def mean_loss(model, encoded: list[Encoded], pad_id: int, batch_size: int, devic
     with torch.no_grad():
         for group in dist.shard(groups) if dist else groups:
             batch = pad_batch([e.input_ids for e in group], pad_id, [e.labels for e in group])
-            loss, count = answer_loss(model, {k: v.to(device) for k, v in batch.items()}, share_prefix=share_prefix)
+            loss, count = answer_loss(model, {k: v.to(device) for k, v in batch.items()}, **options)
             total += loss.item()
             tokens += count
     if dist:

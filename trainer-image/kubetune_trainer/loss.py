@@ -13,10 +13,16 @@ prompt. With `share_prefix`, the tokens that every row of a padded batch has in 
 nothing from) run once, as one row: their keys and values, expanded to the batch, serve every row's
 remaining tokens, and their gradients flow back through the expansion. Causal attention makes that the
 same computation: a prefix token never sees what follows it.
+
+With `chunked_head`, the output layer and the cross-entropy run together over chunks of answer positions
+(Liger's fused linear cross-entropy, written in torch so that it runs on every device): the model's forward
+stops at the final hidden states, and each chunk's logits exist only while its loss and its gradient with
+respect to the hidden states are computed, so no (answer tokens x vocabulary) tensor is ever whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -46,7 +52,8 @@ def has_answer(example) -> bool:
     return any(t != -100 for t in example.labels[1:])
 
 
-def answer_loss(model, batch: dict, answer_logits_only: bool = True, share_prefix: bool = False):
+def answer_loss(model, batch: dict, answer_logits_only: bool = True, share_prefix: bool = False,
+                chunked_head: bool = False):
     """(sum of the cross-entropy over the answer tokens, their number) for a batch from `batching`.
 
     `batch["targets"]` holds the token each position predicts (-100 where none); the other entries are
@@ -55,9 +62,114 @@ def answer_loss(model, batch: dict, answer_logits_only: bool = True, share_prefi
 
     targets = batch["targets"]
     keep = targets != -100
+    if chunked_head and answer_logits_only and (head := output_layer(model)) is not None:
+        with _without(model, head):  # the forward's "logits" are then the final hidden states
+            hidden = _kept_logits(model, batch, share_prefix=share_prefix, fp32=False)
+        return head_cross_entropy(hidden, head.weight, targets[keep]), int(keep.sum())
     logits = _kept_logits(model, batch, logits_mask=answer_logits_only, share_prefix=share_prefix)
     loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
     return loss, int(keep.sum())
+
+
+# ---- the output layer and the cross-entropy in chunks ----------------------------------------------------
+CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MB in fp32 (SmolLM2: 341 positions; a 128k vocabulary: 128)
+
+
+def output_layer(model):
+    """The model's output layer when the chunked loss can stand in for it: a plain, frozen `Linear` without
+    bias (not one with an adapter on it, whose weight is not the whole layer); else None."""
+    import torch
+
+    head = _causal_lm(model).get_output_embeddings()
+    usable = type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+    return head if usable else None
+
+
+@contextlib.contextmanager
+def _without(model, head):
+    """The model with its output layer replaced by the identity for the length of the context."""
+    import torch
+
+    lm = _causal_lm(model)
+    name = next(n for n, m in lm.named_children() if m is head)
+    setattr(lm, name, torch.nn.Identity())
+    try:
+        yield
+    finally:
+        setattr(lm, name, head)
+
+
+def head_cross_entropy(hidden, weight, targets):
+    """sum(cross_entropy(hidden @ weight.T, targets)), the logits made and dropped a chunk at a time. When a
+    gradient is wanted, each chunk's gradient with respect to `hidden` (softmax - one-hot, times the
+    weight) is taken in the same pass, so the backward only scales it; `weight` gets none (frozen)."""
+    import torch
+
+    rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        return _head_function().apply(hidden, weight, targets, rows)
+    return sum((_chunk(hidden[i:i + rows], weight, targets[i:i + rows], False)[0]
+                for i in range(0, hidden.shape[0], rows)), hidden.new_zeros((), dtype=torch.float32))
+
+
+def _chunk(hidden, weight, targets, grad: bool):
+    """(summed loss, d loss / d hidden or None) of one chunk; the logits in fp32, as the plain path's."""
+    import torch
+
+    logits = torch.nn.functional.linear(hidden.to(weight.dtype), weight).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    loss = (lse - logits.gather(1, targets[:, None]).squeeze(1)).sum()
+    if not grad:
+        return loss, None
+    probs = logits.sub_(lse[:, None]).exp_()  # softmax, in the logits' memory
+    probs[torch.arange(len(targets), device=targets.device), targets] -= 1.0
+    return loss, (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+
+
+def check_chunked_head(model, encoded: list, pad_id: int, device: str, dtype=None) -> bool:
+    """Whether the chunked loss stands in for this model's output layer: a plain frozen one (output_layer),
+    and the same loss both ways on the two shortest examples. A model that scales or soft-caps its logits
+    after the output layer (Gemma 2, Cohere) gives another loss and keeps the plain path."""
+    import torch
+
+    from .batching import pad_batch
+
+    pair = sorted((e for e in encoded if has_answer(e)), key=lambda e: len(e.input_ids))[:2]
+    if not pair or output_layer(model) is None or not supports_logits_mask(model):
+        return False
+    batch = {k: v.to(device) for k, v in pad_batch([e.input_ids for e in pair], pad_id, [e.labels for e in pair]).items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            plain, chunked = (answer_loss(model, batch, chunked_head=c)[0] for c in (False, True))
+    finally:
+        model.train(was_training)
+    tolerance = 1e-4 if dtype in (None, torch.float32) else 1e-2  # relative; bf16 rounds at 1e-2
+    return bool((plain - chunked).abs() <= tolerance * plain.abs())
+
+
+@functools.cache
+def _head_function():
+    """The autograd function of head_cross_entropy (made on first use, so that importing needs no torch)."""
+    import torch
+
+    class HeadCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden, weight, targets, rows):
+            loss, grad = hidden.new_zeros((), dtype=torch.float32), torch.empty_like(hidden)
+            for i in range(0, hidden.shape[0], rows):
+                part, grad[i:i + rows] = _chunk(hidden[i:i + rows], weight, targets[i:i + rows], True)
+                loss = loss + part
+            ctx.save_for_backward(grad)
+            return loss
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (grad,) = ctx.saved_tensors
+            return grad * grad_output.to(grad.dtype), None, None, None
+
+    return HeadCrossEntropy
 
 
 def check_packing(model, encoded: list, pad_id: int, device: str) -> None:
@@ -103,9 +215,9 @@ def shared_prefix_length(batch: dict) -> int:
     return length if length >= MIN_SHARED_PREFIX else 0
 
 
-def _kept_logits(model, batch: dict, logits_mask: bool = True, share_prefix: bool = False):
-    """fp32 logits at the answer positions; with `logits_mask`, computed only there when the model can;
-    with `share_prefix`, the rows' common prefix computed once."""
+def _kept_logits(model, batch: dict, logits_mask: bool = True, share_prefix: bool = False, fp32: bool = True):
+    """fp32 logits at the answer positions (`fp32` False: as the model gives them); with `logits_mask`,
+    computed only there when the model can; with `share_prefix`, the rows' common prefix computed once."""
     keep = batch["targets"] != -100
     inputs = {k: v for k, v in batch.items() if k != "targets"}
     prefix = shared_prefix_length(batch) if share_prefix else 0
@@ -113,8 +225,10 @@ def _kept_logits(model, batch: dict, logits_mask: bool = True, share_prefix: boo
         inputs, keep = _after_prefix(model, inputs, prefix), keep[:, prefix:]
     cache = {"use_cache": bool(prefix)}  # the suffix pass extends the prefix's cache
     if logits_mask and supports_logits_mask(model):
-        return model(**inputs, **cache, logits_to_keep=keep).logits.float()
-    return model(**inputs, **cache).logits[keep].float()
+        logits = model(**inputs, **cache, logits_to_keep=keep).logits
+    else:
+        logits = model(**inputs, **cache).logits[keep]
+    return logits.float() if fp32 else logits
 
 
 def _after_prefix(model, inputs: dict, prefix: int) -> dict:

@@ -65,6 +65,9 @@ class Levers:
     shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
         for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
         finds the same logits both ways (trainstep.shares_prefix).
+    chunked_head: the output layer and the cross-entropy over answer positions run a chunk of positions at
+        a time, never holding the whole logits tensor (see loss.py); where a start-up check finds the same
+        loss both ways (trainstep.chunks_head).
     merged_generation: the tuned model's generations after training run with the adapter merged into the
         base weights (scoring.merges_for_generation: not for QLoRA nor FSDP).
     """
@@ -74,6 +77,7 @@ class Levers:
     pass_tokens: float | None = 0.5
     pad_to_max_length: bool = False
     shared_prefix: bool = True
+    chunked_head: bool = True
     merged_generation: bool = True
 
 
@@ -214,6 +218,7 @@ class LoRARecipe:
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
         self.filler = trainstep.filler(self.train_encoded)  # a rank's zero-weight pass when it has none
         self.share_prefix = trainstep.shares_prefix(self)
+        self.chunked_head = trainstep.chunks_head(self)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=t.weight_decay)
         grouped = self.levers.group_by_length and not t.packing and not self.levers.pad_to_max_length
@@ -275,7 +280,7 @@ class LoRARecipe:
         if self.watch is None or not self.watch.due(step, total):
             return False
         loss = mean_loss(self.model, self.watch.subset, self.tokenizer.pad_token_id, self._eval_batch(), self.device,
-                         self.dist, self.share_prefix)
+                         self.dist, **self.loss_options)
         self.model.train()
         self.log.append({**self.watch.record(step, loss, lambda: self.dist.trainable_state(self.model)),
                          "time": round(time.time(), 3)})
@@ -332,6 +337,11 @@ class LoRARecipe:
         if self.gate_note is not None:
             self.results["gateFirstReached"] = self.gate_note
         return self.results
+
+    @property
+    def loss_options(self) -> dict:
+        """How answer_loss runs for this model and data (loss.py), as trainstep decided at set-up."""
+        return {"share_prefix": self.share_prefix, "chunked_head": self.chunked_head}
 
     def _eval_batch(self) -> int:
         return min(32, max(8, self.spec.training.batch_size * 2))

@@ -45,7 +45,7 @@ def merges_for_generation(recipe) -> bool:
 
 def _loss(recipe, batch: int) -> float:
     return mean_loss(recipe.model, recipe.eval_encoded, recipe.tokenizer.pad_token_id, batch, recipe.device,
-                     recipe.dist, recipe.share_prefix)
+                     recipe.dist, **recipe.loss_options)
 
 
 def _generate(recipe, examples: list, batch: int) -> list[str]:

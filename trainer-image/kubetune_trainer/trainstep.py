@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .batching import pack_batch, pad_batch, passes
 from .distributed import balanced_shards
-from .loss import answer_loss, check_shared_prefix, has_answer
+from .loss import answer_loss, check_chunked_head, check_shared_prefix, has_answer
 from .prompting import Encoded
 
 
@@ -36,6 +36,18 @@ def shares_prefix(recipe) -> bool:
                                recipe.dtype)
 
 
+def chunks_head(recipe) -> bool:
+    """Whether the output layer and the loss run in chunks (Levers.chunked_head, loss.py): with answer-only
+    logits, not under FSDP (the output layer's weight is sharded there), and only where the start-up check
+    finds the same loss both ways."""
+    if not (recipe.levers.chunked_head and recipe.levers.answer_logits_only):
+        return False
+    if recipe.dist.distributed and recipe.sharding == "fsdp":
+        return False
+    return check_chunked_head(recipe.model, recipe.train_encoded, recipe.tokenizer.pad_token_id, recipe.device,
+                              recipe.dtype)
+
+
 def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
     """One optimizer step: this rank's share of each micro-batch, then the gradients all-reduced. Returns
     the step's loss (the mean over every answer token of the step, all ranks together) and whether any
@@ -61,7 +73,7 @@ def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
         with dist.accumulating(recipe.train_model, last=n == count - 1):
             with torch.autocast(recipe.device, dtype=recipe.dtype, enabled=recipe.dtype != torch.float32):
                 loss_sum, _ = answer_loss(recipe.train_model, batch, recipe.levers.answer_logits_only,
-                                          recipe.share_prefix)
+                                          **recipe.loss_options)
             # DDP and FSDP average the ranks' gradients: x world makes that their sum, the step's gradient
             recipe.scaler.scale(loss_sum * (world / total_tokens if part else 0.0)).backward()
         if part:
