@@ -129,7 +129,8 @@ def _chunk(hidden, weight, targets, grad: bool):
 def check_chunked_head(model, encoded: list, pad_id: int, device: str, dtype=None) -> bool:
     """Whether the chunked loss stands in for this model's output layer: a plain frozen one (output_layer),
     and the same loss both ways on the two shortest examples. A model that scales or soft-caps its logits
-    after the output layer (Gemma 2, Cohere) gives another loss and keeps the plain path."""
+    after the output layer (Gemma 2, Cohere) gives another loss and keeps the plain path, as does one whose
+    forward fails without its output layer."""
     import torch
 
     from .batching import pad_batch
@@ -143,6 +144,8 @@ def check_chunked_head(model, encoded: list, pad_id: int, device: str, dtype=Non
     try:
         with torch.no_grad():
             plain, chunked = (answer_loss(model, batch, chunked_head=c)[0] for c in (False, True))
+    except (AttributeError, TypeError, ValueError, RuntimeError):  # a forward that uses its output layer's weight
+        return False
     finally:
         model.train(was_training)
     tolerance = 1e-4 if dtype in (None, torch.float32) else 1e-2  # relative; bf16 rounds at 1e-2
