@@ -1,7 +1,6 @@
 """Generation for the metrics: batched (sorted by prompt length, left-padded, KV cache, each sequence
 stopping at its own end of turn) gives what one-at-a-time greedy decoding gives, so the scores do not
-depend on the batching; the default maxNewTokens fits the longest reference; merging the adapter for
-generation does not change the answers."""
+depend on the batching; the default maxNewTokens fits the longest reference."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import torch
 
 from kubetune_api.spec import DatasetSpec, GenerationSpec
 from kubetune_trainer.data import Example
-from kubetune_trainer.evaluation import adapter_merged, base_model_context, fitted_max_new_tokens, generate
+from kubetune_trainer.evaluation import fitted_max_new_tokens, generate
 from kubetune_trainer.metrics import generation_scores
 from kubetune_trainer.prompting import PromptFormatter
 
@@ -59,27 +58,3 @@ def test_default_max_new_tokens_fits_the_longest_reference_without_changing_exac
     assert all(b.startswith(a) for a, b in zip(default, long, strict=True)) and default != long
     refs = [formatter.reference(e) for e in data]
     assert generation_scores(default, refs, ["exactMatch"]) == generation_scores(long, refs, ["exactMatch"])
-
-
-def test_generation_with_the_adapter_merged_gives_the_unmerged_adapters_outputs(model_and_formatter):
-    """The evaluation stage generates the tuned answers with the adapter merged into the base weights: the
-    same greedy texts as the adapter run apart, and the adapter apart again afterwards."""
-    from peft import LoraConfig, get_peft_model
-
-    model, formatter = model_and_formatter
-    torch.manual_seed(0)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
-    with torch.no_grad():  # a trained-looking adapter: B is zero at initialisation
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0.0, 0.05)
-    data, spec = examples(), GenerationSpec(maxNewTokens=24)
-    apart = generate(peft_model, formatter, data, spec, batch_size=6, device="cpu")
-    with base_model_context(peft_model):
-        base = generate(peft_model, formatter, data, spec, batch_size=6, device="cpu")
-    with adapter_merged(peft_model):
-        assert all(m.merged for m in peft_model.modules() if hasattr(m, "lora_A"))
-        merged = generate(peft_model, formatter, data, spec, batch_size=6, device="cpu")
-    assert merged == apart and merged != base, "the adapter changes the answers, merged or not"
-    assert not any(m.merged for m in peft_model.modules() if hasattr(m, "lora_A"))
-    assert generate(peft_model, formatter, data, spec, batch_size=6, device="cpu") == apart

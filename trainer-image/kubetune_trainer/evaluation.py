@@ -90,20 +90,3 @@ def base_model_context(model):
     """A context in which the PEFT model behaves as its base model (adapter off)."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if disable is not None else contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def adapter_merged(model, merge: bool = True):
-    """A context in which the PEFT model's adapter is added into the base weights (PEFT's merge_adapter):
-    the same function up to float rounding, with one matrix product per adapted layer where the separate
-    adapter runs three, which is what a decoded token pays for. Taken out again on leaving; the base weights
-    then differ from the loaded ones by that rounding, so whatever runs the base model runs before this.
-    `merge` False (a 4-bit base, whose merge re-quantizes; FSDP-sharded weights): the adapter stays apart."""
-    merging = merge and getattr(model, "merge_adapter", None) is not None
-    if merging:
-        model.merge_adapter()
-    try:
-        yield
-    finally:
-        if merging:
-            model.unmerge_adapter()

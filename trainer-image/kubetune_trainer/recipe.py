@@ -51,7 +51,7 @@ from .storage import ArtifactStore, Background, Storage
 
 @dataclass(frozen=True)
 class Levers:
-    """How the training step and the evaluation run, beyond what the spec says. The defaults are what every job gets; the
+    """How the training step runs, beyond what the spec says. The defaults are what every job gets; the
     benchmark (bench/trainer_throughput.py) turns them off one at a time to measure each.
 
     group_by_length: micro-batches hold examples of similar length, so padded batches are mostly real
@@ -68,8 +68,6 @@ class Levers:
     chunked_head: the output layer and the cross-entropy over answer positions run a chunk of positions at
         a time, never holding the whole logits tensor (see loss.py); where a start-up check finds the same
         loss both ways (trainstep.chunks_head).
-    merged_generation: the tuned model's generations after training run with the adapter merged into the
-        base weights (scoring.merges_for_generation: not for QLoRA nor FSDP).
     """
 
     group_by_length: bool = True
@@ -78,7 +76,6 @@ class Levers:
     pad_to_max_length: bool = False
     shared_prefix: bool = True
     chunked_head: bool = True
-    merged_generation: bool = True
 
 
 class LoRARecipe:

@@ -1,12 +1,9 @@
 """The evaluation stage of a run: held-out loss and generation metrics of the tuned model (and of the base
-model, the adapter switched off), the sample predictions, and the gate and regression verdicts.
-
-The base model's passes run first, then the tuned generations with the adapter merged into the base weights
-(evaluation.adapter_merged), which leaves float rounding in those weights when it is taken out again."""
+model, the adapter switched off), the sample predictions, and the gate and regression verdicts."""
 
 from __future__ import annotations
 
-from .evaluation import adapter_merged, base_model_context, generate, mean_loss
+from .evaluation import base_model_context, generate, mean_loss
 from .metrics import gate_verdict, generation_scores, loss_scores, regression_verdict
 
 
@@ -18,29 +15,17 @@ def score_held_out(recipe, batch: int) -> tuple[dict, list[dict]]:
     recipe.log.append({"event": "eval", "step": recipe.best_step, **tuned})
     samples = recipe.eval_set[: ev.max_samples]
     refs = [recipe.formatter.reference(e) for e in samples]
-    regression = recipe.regression  # [] unless evaluation.regression is set
-    base, base_out, base_reg = {}, [None] * len(samples), []
-    if ev.compare_base or regression:
-        with base_model_context(recipe.model):
-            if ev.compare_base:
-                base = loss_scores(_loss(recipe, batch), ev.metrics)
-                base_out = _generate(recipe, samples, batch)
-                base.update(generation_scores(base_out, refs, ev.metrics))
-            base_reg = _generate(recipe, regression, batch) if regression else []
-    with adapter_merged(recipe.model, merges_for_generation(recipe)):
-        tuned_out = _generate(recipe, samples, batch)
-        tuned_reg = _generate(recipe, regression, batch) if regression else []
+    tuned_out = _generate(recipe, samples, batch)
     tuned.update(generation_scores(tuned_out, refs, ev.metrics))
+    base, base_out = {}, [None] * len(samples)
+    if ev.compare_base:
+        with base_model_context(recipe.model):
+            base = loss_scores(_loss(recipe, batch), ev.metrics)
+            base_out = _generate(recipe, samples, batch)
+        base.update(generation_scores(base_out, refs, ev.metrics))
     predictions = [{"prompt": e.user_text, "reference": r, "base": b, "tuned": t}
                    for e, r, b, t in zip(samples, refs, base_out, tuned_out, strict=True)]
-    return {"tuned": tuned, "base": base, **_verdicts(recipe, tuned, base_reg, tuned_reg)}, predictions
-
-
-def merges_for_generation(recipe) -> bool:
-    """Whether the tuned generations run with the adapter merged (Levers.merged_generation): not into a
-    4-bit base (QLoRA: the merge re-quantizes, so the merged model is not the tuned one), nor into FSDP's
-    sharded weights."""
-    return recipe.levers.merged_generation and recipe.spec.method.type != "qlora" and not recipe.dist.sharded
+    return {"tuned": tuned, "base": base, **_verdicts(recipe, tuned, batch)}, predictions
 
 
 def _loss(recipe, batch: int) -> float:
@@ -53,7 +38,7 @@ def _generate(recipe, examples: list, batch: int) -> list[str]:
                     recipe.device, dist=recipe.dist)
 
 
-def _verdicts(recipe, tuned: dict, base_reg: list[str], tuned_reg: list[str]) -> dict:
+def _verdicts(recipe, tuned: dict, batch: int) -> dict:
     ev = recipe.spec.evaluation
     out: dict = {"gate": None, "regression": None}
     if ev.gate is not None:
@@ -62,10 +47,11 @@ def _verdicts(recipe, tuned: dict, base_reg: list[str], tuned_reg: list[str]) ->
     if ev.regression is not None:
         refs = [recipe.formatter.reference(e) for e in recipe.regression]
         wanted = [ev.regression.metric]
-        base_scores = generation_scores(base_reg, refs, wanted)
-        tuned_scores = generation_scores(tuned_reg, refs, wanted)
-        ok, message = regression_verdict(ev.regression, base_scores, tuned_scores)
-        out["regression"] = {"passed": ok, "message": message, "base": base_scores, "tuned": tuned_scores}
+        tuned_reg = generation_scores(_generate(recipe, recipe.regression, batch), refs, wanted)
+        with base_model_context(recipe.model):
+            base_reg = generation_scores(_generate(recipe, recipe.regression, batch), refs, wanted)
+        ok, message = regression_verdict(ev.regression, base_reg, tuned_reg)
+        out["regression"] = {"passed": ok, "message": message, "base": base_reg, "tuned": tuned_reg}
     checks = [v for v in out.values() if v is not None]
     out["gatePassed"] = all(c["passed"] for c in checks) if checks else None
     out["gateMessage"] = "; ".join(c["message"] for c in checks) or None
