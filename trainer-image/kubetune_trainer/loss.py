@@ -47,6 +47,20 @@ def _supports(cls: type) -> bool:
     return cls.__module__.startswith("transformers.models.") and "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
+@contextlib.contextmanager
+def evaluating(model):
+    """The model in eval mode without gradients (the start-up checks' passes), its mode put back after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def has_answer(example) -> bool:
     """Whether an encoded example has an answer token to predict (one after its first position)."""
     return any(t != -100 for t in example.labels[1:])
@@ -139,15 +153,11 @@ def check_chunked_head(model, encoded: list, pad_id: int, device: str, dtype=Non
     if not pair or output_layer(model) is None or not supports_logits_mask(model):
         return False
     batch = {k: v.to(device) for k, v in pad_batch([e.input_ids for e in pair], pad_id, [e.labels for e in pair]).items()}
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             plain, chunked = (answer_loss(model, batch, chunked_head=c)[0] for c in (False, True))
     except (AttributeError, TypeError, ValueError, RuntimeError):  # a forward that uses its output layer's weight
         return False
-    finally:
-        model.train(was_training)
     tolerance = 1e-4 if dtype in (None, torch.float32) else 1e-2  # relative; bf16 rounds at 1e-2
     return bool((plain - chunked).abs() <= tolerance * plain.abs())
 
@@ -180,8 +190,6 @@ def check_packing(model, encoded: list, pad_id: int, device: str) -> None:
     examples packed into one row must match theirs as separate rows (two forward passes of a few dozen
     tokens). Numerical noise is far below a quarter of the logits' spread (1e-5 of it in fp32, a tenth in
     bf16); attending across examples moves them by several times the spread."""
-    import torch
-
     from .batching import pack_batch, pad_batch
     from .errors import ConfigError
 
@@ -192,11 +200,8 @@ def check_packing(model, encoded: list, pad_id: int, device: str) -> None:
     ids, labels = [e.input_ids for e in pair], [e.labels for e in pair]
     # longest first in both layouts, so the kept logits come out in the same order
     layouts = [pack_batch(ids, labels, pad_id, capacity=sum(map(len, ids))), pad_batch(ids, pad_id, labels)]
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with evaluating(model):
         packed, separate = (_kept_logits(model, {k: v.to(device) for k, v in b.items()}) for b in layouts)
-    model.train(was_training)
     if (packed - separate).abs().max() > 0.25 * separate.std():
         name = type(_causal_lm(model)).__name__
         raise ConfigError(f"training.packing: {name} attends across packed examples in this version of "
@@ -276,14 +281,10 @@ def check_shared_prefix(model, encoded: list, pad_id: int, device: str, dtype=No
     batch = {k: v.to(device) for k, v in pad_batch([e.input_ids for e in pair], pad_id, [e.labels for e in pair]).items()}
     if not shared_prefix_length(batch):
         return False
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with evaluating(model):
             separate, shared = (_kept_logits(model, batch, share_prefix=s) for s in (False, True))
     except (AttributeError, TypeError, ValueError, RuntimeError):
         return False
-    finally:
-        model.train(was_training)
     noise = 1e-3 if dtype in (None, torch.float32) else 0.1  # of the logits' spread; bf16 rounds at 1e-2
     return bool((shared - separate).abs().max() <= noise * separate.std())

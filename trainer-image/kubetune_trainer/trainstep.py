@@ -30,7 +30,7 @@ def shares_prefix(recipe) -> bool:
     t = recipe.spec.training
     if not recipe.levers.shared_prefix or t.packing or t.gradient_checkpointing or recipe.levers.pad_to_max_length:
         return False
-    if recipe.dist.distributed and recipe.sharding == "fsdp":
+    if _fsdp(recipe):
         return False
     return check_shared_prefix(recipe.model, recipe.train_encoded, recipe.tokenizer.pad_token_id, recipe.device,
                                recipe.dtype)
@@ -42,10 +42,14 @@ def chunks_head(recipe) -> bool:
     finds the same loss both ways."""
     if not (recipe.levers.chunked_head and recipe.levers.answer_logits_only):
         return False
-    if recipe.dist.distributed and recipe.sharding == "fsdp":
+    if _fsdp(recipe):
         return False
     return check_chunked_head(recipe.model, recipe.train_encoded, recipe.tokenizer.pad_token_id, recipe.device,
                               recipe.dtype)
+
+
+def _fsdp(recipe) -> bool:
+    return recipe.dist.distributed and recipe.sharding == "fsdp"
 
 
 def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
