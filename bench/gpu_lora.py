@@ -1,26 +1,36 @@
-"""GPU (issue 6, item 4): LoRA in bf16 and QLoRA in 4-bit on a random-init 7B-shaped Llama at sequence 2048.
+"""GPU (issue 18): the trainer's own step, LoRA bf16 and QLoRA nf4, on a random-init 7B-shaped Llama, against
+Hugging Face Trainer + PEFT on the same shape and data.
 
-    .venv/bin/python bench/gpu_lora.py                       # on a CUDA machine: 7B shape, LoRA then QLoRA
+    python bench/gpu_lora.py --json gpu.json              # on a CUDA machine: every arm below (~5 minutes)
     .venv/bin/python bench/gpu_lora.py --shape tiny --seq 256 --matmul 512   # anywhere: checks the script
 
-What it measures, each arm in a fresh process (so peak memory is per arm):
+Each arm runs in a fresh process (so peak memory is per arm), builds the model once and runs two workloads
+on it, each `--warmup` untimed then `--steps` timed optimizer steps:
 
-* the bf16 matrix-multiply peak of this device: the best of several 8192 x 8192 x 8192 bf16 matmuls
-  (TFLOP/s), the denominator of MFU;
-* lora: a Llama with Llama-2-7B's shape (hidden 4096, 32 layers, 32 heads, MLP 11008, vocabulary 32000;
-  6.7 B parameters), random init, bf16 weights, the trainer's own adapter (`models.attach_adapter`: r 16,
-  alpha 32, all linear layers) and loss (`loss.answer_loss`, every position an answer token), AdamW on the
-  adapter; `--steps` timed optimizer steps of `--batch` sequences of `--seq` tokens after `--warmup`
-  untimed ones. Tokens/s, MFU, peak memory (torch.cuda.max_memory_allocated, and the device's own
-  reading of memory in use);
-* qlora: the same shape saved once as safetensors and loaded by the trainer's `models.load_model` with
-  the job's QLoRA settings (nf4, double quantization, bf16 compute), then the same steps.
+* fullseq: one sequence of `--seq` random tokens per step, every position an answer (the shape the
+  issue names; no padding, so dynamic padding and answer-only logits cannot help: the plain step);
+* sft: 8 examples per step, lengths uniform in [seq/8, seq], the last 30% of each an answer (prompt
+  tokens masked), as instruction data is: padding, answer-only logits and the trainer's pass budget matter.
 
-MFU counts the FLOPs the step must do, not what a full fine-tune would: the base weights are frozen, so the
-backward pass computes gradients for activations but not for the 6.7 B base weights. Per token: forward
-2N + backward 2N over the N weights in linear layers (lm_head included, embeddings excluded), attention
-(causal) 2 * S * d per layer forward and twice that backward, and 6 per adapter weight. The "6N" column is
-the convention for full training (6N + 12 * L * d * S / 2), for comparison with published MFU figures.
+Arms:
+* ours-lora: the trainer's `attach_adapter` (the job defaults: r 16, alpha 32, all linear layers, no
+  dropout) on a bf16 base, and its own `trainstep.train_step` (length-grouped `Schedule`, passes of at most
+  half the micro-batch's padded tokens, answer-only chunked loss where its start-up check passes, bf16
+  autocast, clipping, AdamW) through a minimal recipe object;
+* hf-lora: transformers.Trainer + peft.get_peft_model, same LoRA config, bf16=True, DataCollatorForSeq2Seq
+  (padding to the longest example, labels -100) and group_by_length: what the transformers/PEFT docs give;
+* ours-qlora / hf-qlora: the same with a 4-bit base (nf4, double quantization, bf16 compute), loaded by the
+  trainer's `load_model` / by `from_pretrained(quantization_config=...)` + `prepare_model_for_kbit_training`
+  (gradient checkpointing off in both, as in ours by default) from the same safetensors;
+* qlora-grads: bench/gpu_qlora_grads.py, QLoRA adapter gradients against a LoRA reference on the
+  dequantized weights, on a small shape.
+
+Per workload: real (non-padding) tokens/s, MFU against the measured bf16 matmul peak, peak memory
+(torch.cuda.max_memory_allocated since the workload began), and for ours the memory estimate
+(kubetune_api.memory, the preflight's) of the same settings. MFU counts the FLOPs the step must do, the
+same for every arm: the frozen linear layers forward and input-gradient (4 per weight and token; the output
+layer only where an answer is predicted), causal attention (2 x S x d per token and layer forward, twice
+that backward) and 6 per adapter weight and token. The 6N column is the full-training convention.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -43,6 +54,9 @@ SHAPES = {
     "tiny": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
              "num_key_value_heads": 4, "vocab_size": 1000},
 }
+ARMS = ("ours-lora", "hf-lora", "qlora-grads", "ours-qlora", "hf-qlora")
+LORA = {"r": 16, "alpha": 32}  # the job's defaults (dropout 0, all linear layers)
+SFT_BATCH, SFT_ANSWER = 8, 0.3
 
 
 def device() -> str:
@@ -56,6 +70,23 @@ def synchronize() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def reset_peak() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def matmul_peak(n: int, repeats: int = 20) -> float:
@@ -76,115 +107,285 @@ def matmul_peak(n: int, repeats: int = 20) -> float:
     return 2 * n**3 / best / 1e12
 
 
-def flops_per_token(model, cfg: dict, seq: int) -> tuple[float, float]:
-    """(LoRA step FLOPs per token, the full-training 6N convention) for this model."""
-    import torch
+# ---- workloads ----------------------------------------------------------------------------------------
+def workload(name: str, seq: int, vocab: int, steps: int) -> tuple[int, list]:
+    """(micro-batch size, examples as the trainer's Encoded) for `steps` optimizer steps."""
+    from kubetune_trainer.prompting import Encoded
 
-    linear = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and "lora_" not in name:
-            linear += module.in_features * module.out_features
-    adapter = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    layers, d = cfg["num_hidden_layers"], cfg["hidden_size"]
-    attention = 2 * seq * d * layers  # causal QK^T and AV, forward
-    lora = 4 * linear + 3 * attention + 6 * adapter
-    full = 6 * linear + 12 * layers * d * seq / 2
+    rng = random.Random(0)
+    if name == "fullseq":
+        batch, lengths, answer = 1, [seq] * steps, 1.0
+    else:
+        batch, answer = SFT_BATCH, SFT_ANSWER
+        lengths = [rng.randint(seq // 8, seq) for _ in range(steps * batch)]
+    examples = []
+    for length in lengths:
+        ids = [rng.randrange(3, vocab) for _ in range(length)]
+        prompt = length - max(2, int(answer * length)) if answer < 1 else 0
+        examples.append(Encoded(input_ids=ids, labels=[-100] * prompt + ids[prompt:], truncated=False, length=length))
+    return batch, examples
+
+
+def step_flops(shape: dict, lengths: list[int], answers: list[int], adapter: int) -> tuple[float, float]:
+    """(FLOPs a LoRA step must do, the full-training 6N convention) for sequences of these lengths."""
+    d, i, layers, vocab = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"], shape["vocab_size"]
+    heads, kv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    body = layers * (2 * d * d + 2 * d * d * kv // heads + 3 * d * i)
+    lora = full = 0.0
+    for length, answered in zip(lengths, answers, strict=True):
+        attention = 2 * length * d * layers * length  # causal QK^T and AV, forward, whole sequence
+        lora += 4 * body * length + 4 * vocab * d * answered + 3 * attention + 6 * adapter * length
+        full += 6 * (body + vocab * d) * length + 3 * attention
     return lora, full
 
 
-def build(cfg: dict, method: str, work: Path):
+def answer_count(labels) -> int:
+    """Positions that predict an answer token (a label after the first position)."""
+    return sum(t != -100 for t in labels[1:])
+
+
+def measured(shape: dict, name: str, timed: list[tuple[int, int]], seconds: float, adapter: int, peak: float) -> dict:
+    """A workload's figures from the (length, answer positions) of each example the timed steps trained on."""
+    lengths, answers = [t[0] for t in timed], [t[1] for t in timed]
+    lora, full = step_flops(shape, lengths, answers, adapter)
+    return {"workload": name, "tokens": sum(lengths), "answer_tokens": sum(answers), "seconds": seconds,
+            "tokens_per_s": sum(lengths) / seconds, "tflops": lora / seconds / 1e12,
+            "tflops_6n": full / seconds / 1e12, "peak_allocated_gb": peak}
+
+
+# ---- models -------------------------------------------------------------------------------------------
+def method(kind: str):
+    from kubetune_api.spec import MethodSpec
+
+    quant = {"quantization": {"computeDtype": "bfloat16"}} if kind == "qlora" else {}
+    return MethodSpec.model_validate({"type": kind, "lora": LORA, **quant})
+
+
+def random_base(shape: dict, path: Path | None = None):
+    """The random-init bf16 base on the device (seeded: every arm gets the same weights); saved as
+    safetensors to `path` when given, for the 4-bit arms."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from kubetune_api.spec import MethodSpec
-    from kubetune_trainer.models import attach_adapter, load_model
+    torch.manual_seed(0)
+    with torch.device(device()):
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**shape, max_position_embeddings=4096),
+                                                 dtype=torch.bfloat16)
+    if path is not None and not (path / "config.json").exists():
+        model.save_pretrained(path)
+    return model
 
-    config = LlamaConfig(**cfg, max_position_embeddings=4096)
-    spec = MethodSpec.model_validate({"type": method, "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
-                                      **({"quantization": {"computeDtype": "bfloat16"}} if method == "qlora" else {})})
-    if method == "lora":
-        with torch.device(device()):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    else:  # 4-bit weights come from from_pretrained with a quantization config, as in a job
-        path = work / "base"
-        if not (path / "config.json").exists():
-            torch.manual_seed(0)
-            AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(path)
-        model = load_model(path, spec, device(), torch.bfloat16)
-    return attach_adapter(model, spec, gradient_checkpointing=False)
+
+def quantized_base(path: Path, ours: bool):
+    import torch
+
+    if ours:
+        from kubetune_trainer.models import load_model
+
+        return load_model(path, method("qlora"), device(), torch.bfloat16)
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=config, dtype=torch.bfloat16,
+                                                 device_map={"": device()})
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+
+
+def adapted(model, ours: bool, kind: str):
+    if ours:
+        from kubetune_trainer.models import attach_adapter
+
+        return attach_adapter(model, method(kind), gradient_checkpointing=False)
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=0.0,
+                                            target_modules="all-linear", task_type="CAUSAL_LM"))
+
+
+# ---- the two training loops ---------------------------------------------------------------------------
+def run_ours(model, batch: int, examples: list, args) -> tuple[float, list]:
+    """(seconds, (length, answers) of each example) of the timed steps, through trainstep.train_step on a
+    minimal recipe."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from kubetune_trainer import trainstep
+    from kubetune_trainer.batching import Schedule
+    from kubetune_trainer.distributed import ProcessGroup
+    from kubetune_trainer.recipe import Levers
+
+    dtype = torch.bfloat16
+    recipe = SimpleNamespace(
+        model=model, train_model=model, train_encoded=examples, levers=Levers(), dist=ProcessGroup(),
+        device=device(), dtype=dtype, sharding="ddp", tokenizer=SimpleNamespace(pad_token_id=0),
+        spec=SimpleNamespace(training=SimpleNamespace(max_grad_norm=1.0, packing=False, gradient_checkpointing=False),
+                             dataset=SimpleNamespace(max_seq_length=args.seq)),
+        stop=SimpleNamespace(requested=False), train_tokens=0, last_step_tokens=0, last_grad_norm=0.0,
+        share_prefix=False, chunked_head=False,
+        scaler=torch.amp.GradScaler(device(), enabled=False), scheduler=SimpleNamespace(step=lambda: None))
+    recipe.filler = trainstep.filler(examples)
+    recipe.share_prefix = trainstep.shares_prefix(recipe)
+    recipe.chunked_head = trainstep.chunks_head(recipe)
+    recipe.loss_options = {"share_prefix": recipe.share_prefix, "chunked_head": recipe.chunked_head}
+    recipe.pass_budget = trainstep.pass_budget(recipe.levers.pass_tokens, batch, args.seq)
+    recipe.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    schedule = Schedule(len(examples), batch, 1, 0, max_steps=len(examples) // batch,
+                        lengths=[len(e.input_ids) for e in examples], group_by_length=True)
+    start, timed = None, []
+    for step in schedule.steps():
+        if step.number == args.warmup + 1:
+            synchronize()
+            start = time.perf_counter()
+        trainstep.train_step(recipe, step.micro_batches)
+        if start is not None:
+            timed += [(len(examples[i].input_ids), answer_count(examples[i].labels))
+                      for mb in step.micro_batches for i in mb]
+    synchronize()
+    run_ours.options = recipe.loss_options
+    return time.perf_counter() - start, timed
+
+
+def run_hf(model, batch: int, examples: list, args) -> tuple[float, list]:
+    """(seconds, (length, answers) of each example) of the timed steps through transformers.Trainer, as a
+    user writes it from the docs."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        PreTrainedTokenizerFast,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    clock: dict[str, float] = {}
+    timed: list[tuple[int, int]] = []
+
+    class Counting(Trainer):
+        def compute_loss(self, model, inputs, *a, **kw):
+            if "begin" in clock:
+                for mask, labels in zip(inputs["attention_mask"], inputs["labels"], strict=True):
+                    timed.append((int(mask.sum()), answer_count(labels.tolist())))
+            return super().compute_loss(model, inputs, *a, **kw)
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, targs, state, control, **kw):
+            if state.global_step == args.warmup:
+                synchronize()
+                clock["begin"] = time.perf_counter()
+
+        def on_train_end(self, *a, **kw):
+            synchronize()
+            clock["end"] = time.perf_counter()
+
+    # the collator pads with the tokenizer: a one-token vocabulary is all it needs of one
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<pad>": 0}, unk_token="<pad>")),
+                                        pad_token="<pad>")
+    rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
+            for e in examples]
+    with tempfile.TemporaryDirectory(prefix="hf-out-") as out:
+        targs = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=len(examples) // batch,
+                                  learning_rate=1e-4, bf16=device() == "cuda", use_cpu=device() != "cuda",
+                                  train_sampling_strategy="group_by_length", logging_steps=1000, save_strategy="no",
+                                  report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
+                                  disable_tqdm=True, seed=0)
+        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+        Counting(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Clock()]).train()
+    return clock["end"] - clock["begin"], timed
+
+
+def memory_estimate(kind: str, name: str, args) -> float:
+    """The preflight's estimate (kubetune_api.memory) of torch's allocated peak, GiB, for this workload."""
+    from kubetune_api.memory import GIB, ModelShape, Workload, estimate
+
+    cfg = SHAPES[args.shape]
+    shape = ModelShape.from_config(cfg)
+    batch, answer = (1, 1.0) if name == "fullseq" else (SFT_BATCH, SFT_ANSWER)
+    work = Workload(method=kind, rank=LORA["r"], dropout=False, batch_size=batch, seq_len=args.seq,
+                    precision="bf16", answer_fraction=answer, accelerator=device() == "cuda", sharding="ddp")
+    return estimate(shape, work).allocated / GIB
 
 
 def run_arm(args) -> dict:
-    import torch
-
-    from kubetune_trainer.loss import answer_loss
-
+    ours, kind = args.worker.startswith("ours"), args.worker.split("-")[1]
     cfg = SHAPES[args.shape]
-    model = build(cfg, args.worker, Path(args.work))
+    base = Path(args.work) / "base"
+    load_start = time.perf_counter()
+    if kind == "qlora" and not (base / "config.json").exists():
+        random_base(cfg, base)  # no ours-lora arm before this one wrote it
+    model = random_base(cfg, base if args.save_base else None) if kind == "lora" else quantized_base(base, ours)
+    model = adapted(model, ours, kind)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, cfg["vocab_size"], (args.batch, args.seq + 1), generator=generator).to(device())
-    batch = {"input_ids": ids[:, :-1], "attention_mask": torch.ones_like(ids[:, :-1]), "targets": ids[:, 1:]}
+    result = {"arm": args.worker, "load_seconds": time.perf_counter() - load_start,
+              "adapter_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "device": device(), "workloads": []}
+    for name in args.workloads.split(","):
+        batch, examples = workload(name, args.seq, cfg["vocab_size"], args.warmup + args.steps)
+        reset_peak()
+        seconds, timed = (run_ours if ours else run_hf)(model, batch, examples, args)
+        row = measured(cfg, name, timed, seconds, result["adapter_parameters"], peak_gb())
+        if ours:
+            row.update(loss_options=run_ours.options, estimate_gb=memory_estimate(kind, name, args))
+        result["workloads"].append(row)
+    if device() == "cuda":
+        import torch
 
-    def step() -> float:
-        loss, count = answer_loss(model, batch)
-        (loss / count).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item() / count
-
-    for _ in range(args.warmup):
-        step()
-    synchronize()
-    if torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    losses = [step() for _ in range(args.steps)]
-    synchronize()
-    seconds = time.perf_counter() - start
-    tokens = args.steps * args.batch * args.seq
-    lora_flops, full_flops = flops_per_token(model, cfg, args.seq)
-    result = {"arm": args.worker, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-              "tflops": lora_flops * tokens / seconds / 1e12, "tflops_6n": full_flops * tokens / seconds / 1e12,
-              "losses": losses, "parameters": sum(p.numel() for p in model.parameters()),
-              "adapter_parameters": sum(p.numel() for p in params)}
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        result.update(peak_allocated_gb=torch.cuda.max_memory_allocated() / 2**30,
-                      device_used_gb=(total - free) / 2**30, device=torch.cuda.get_device_name())
-    else:
-        import resource
-
-        result.update(peak_allocated_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, device="cpu")
+        result["device"] = torch.cuda.get_device_name()
     return result
 
 
-def spawn(args, arm: str, work: Path) -> dict:
-    cmd = [sys.executable, __file__, "--worker", arm, "--shape", args.shape, "--seq", str(args.seq),
-           "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup), "--work", str(work)]
+# ---- driver -------------------------------------------------------------------------------------------
+def spawn(args, arm: str, work: Path, save_base: bool) -> dict:
+    script = REPO / "bench" / ("gpu_qlora_grads.py" if arm == "qlora-grads" else "gpu_lora.py")
+    cmd = [sys.executable, str(script), "--worker", arm, "--shape", args.shape, "--seq", str(args.seq),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--work", str(work),
+           "--workloads", args.workloads] + (["--save-base"] if save_base else [])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer-image"),
                                                          os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.arm_timeout)
+    except subprocess.TimeoutExpired as err:
+        return {"arm": arm, "error": f"timed out after {args.arm_timeout} s\n{(err.stderr or b'')[-2000:]}"}
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         return {"arm": arm, "error": (proc.stderr or proc.stdout)[-3000:]}
     return json.loads(line.removeprefix("RESULT "))
 
 
+def report(r: dict, peak: float) -> None:
+    if "error" in r:
+        print(f"{r['arm']}: FAILED\n{r['error']}", flush=True)
+        return
+    if "checks" in r:
+        for c in r["checks"]:
+            print(f"{r['arm']}: {c}", flush=True)
+        return
+    print(f"{r['arm']} ({r['device']}, adapter {r['adapter_parameters'] / 1e6:.1f} M, built in "
+          f"{r['load_seconds']:.0f} s):", flush=True)
+    for w in r["workloads"]:
+        extra = f", estimate {w['estimate_gb']:.1f} GiB, loss {w['loss_options']}" if "estimate_gb" in w else ""
+        print(f"  {w['workload']}: {w['tokens_per_s']:.0f} tokens/s, {w['tflops']:.1f} TFLOP/s = MFU "
+              f"{w['tflops'] / peak:.1%} (6N {w['tflops_6n'] / peak:.1%}), peak allocated "
+              f"{w['peak_allocated_gb']:.2f} GiB{extra}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=SHAPES, default="7b")
     parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--arms", default="lora,qlora")
+    parser.add_argument("--arms", default=",".join(ARMS))
+    parser.add_argument("--workloads", default="fullseq,sft")
     parser.add_argument("--matmul", type=int, default=8192, help="matmul size for the bf16 peak")
+    parser.add_argument("--arm-timeout", type=int, default=300)
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--save-base", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         import warnings
@@ -194,22 +395,18 @@ def main() -> None:
         return
     peak = matmul_peak(args.matmul)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; device {device()}; bf16 matmul peak {peak:.1f} TFLOP/s "
-          f"({args.matmul}^3); shape {args.shape}, sequence {args.seq}, batch {args.batch}, "
-          f"{args.steps} timed steps after {args.warmup}", flush=True)
+          f"({args.matmul}^3); shape {args.shape}, sequence {args.seq}, {args.steps} timed steps after "
+          f"{args.warmup}", flush=True)
+    arms = args.arms.split(",")
     results = []
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as work:
-        for arm in args.arms.split(","):
-            r = spawn(args, arm, Path(work))
-            results.append(r)
-            if "error" in r:
-                print(f"  {arm}: FAILED\n{r['error']}", flush=True)
-                continue
-            print(f"  {arm}: {r['tokens_per_s']:.0f} tokens/s, {r['tflops']:.1f} TFLOP/s = MFU {r['tflops'] / peak:.1%} "
-                  f"(6N convention {r['tflops_6n'] / peak:.1%}), peak allocated {r['peak_allocated_gb']:.1f} GB, "
-                  f"loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "matmul_peak_tflops": peak, "results": results},
-                                              indent=2))
+        for arm in arms:
+            save = arm == "ours-lora" and any("qlora" in a and a != "qlora-grads" for a in arms)
+            results.append(spawn(args, arm, Path(work), save))
+            report(results[-1], peak)
+            if args.json:  # after every arm: a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps({"args": vars(args), "matmul_peak_tflops": peak,
+                                                       "results": results}, indent=2))
 
 
 if __name__ == "__main__":
