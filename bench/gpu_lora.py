@@ -55,6 +55,9 @@ SHAPES = {
              "num_key_value_heads": 4, "vocab_size": 1000},
 }
 ARMS = ("ours-lora", "hf-lora", "qlora-grads", "ours-qlora", "hf-qlora")
+# Also runnable, ours with a lever off by a suffix (ours-lora-whole-nochunk, ...): -whole, Levers.pass_tokens
+# None (each micro-batch in one forward pass, as HF runs it; the default splits it at half its padded tokens
+# to bound memory); -nochunk, Levers.chunked_head False.
 LORA = {"r": 16, "alpha": 32}  # the job's defaults (dropout 0, all linear layers)
 SFT_BATCH, SFT_ANSWER = 8, 0.3
 
@@ -205,6 +208,14 @@ def adapted(model, ours: bool, kind: str):
 
 
 # ---- the two training loops ---------------------------------------------------------------------------
+def levers(arm: str):
+    """The trainer's levers for an ours arm: the defaults, less those its name's suffixes turn off."""
+    from kubetune_trainer.recipe import Levers
+
+    off = {"whole": {"pass_tokens": None}, "nochunk": {"chunked_head": False}}
+    return Levers(**{k: v for suffix in arm.split("-")[2:] for k, v in off[suffix].items()})
+
+
 def run_ours(model, batch: int, examples: list, args) -> tuple[float, list]:
     """(seconds, (length, answers) of each example) of the timed steps, through trainstep.train_step on a
     minimal recipe."""
@@ -215,11 +226,11 @@ def run_ours(model, batch: int, examples: list, args) -> tuple[float, list]:
     from kubetune_trainer import trainstep
     from kubetune_trainer.batching import Schedule
     from kubetune_trainer.distributed import ProcessGroup
-    from kubetune_trainer.recipe import Levers
 
     dtype = torch.bfloat16
     recipe = SimpleNamespace(
-        model=model, train_model=model, train_encoded=examples, levers=Levers(), dist=ProcessGroup(),
+        model=model, train_model=model, train_encoded=examples, dist=ProcessGroup(),
+        levers=levers(args.worker),
         device=device(), dtype=dtype, sharding="ddp", tokenizer=SimpleNamespace(pad_token_id=0),
         spec=SimpleNamespace(training=SimpleNamespace(max_grad_norm=1.0, packing=False, gradient_checkpointing=False),
                              dataset=SimpleNamespace(max_seq_length=args.seq)),
@@ -305,11 +316,14 @@ def memory_estimate(kind: str, name: str, args) -> float:
     shape = ModelShape.from_config(cfg)
     batch, answer = (1, 1.0) if name == "fullseq" else (SFT_BATCH, SFT_ANSWER)
     work = Workload(method=kind, rank=LORA["r"], dropout=False, batch_size=batch, seq_len=args.seq,
-                    precision="bf16", answer_fraction=answer, accelerator=device() == "cuda", sharding="ddp")
+                    precision="bf16", answer_fraction=answer, accelerator=device() == "cuda", sharding="ddp",
+                    pass_fraction=levers(args.worker).pass_tokens)
     return estimate(shape, work).allocated / GIB
 
 
 def run_arm(args) -> dict:
+    import torch
+
     ours, kind = args.worker.startswith("ours"), args.worker.split("-")[1]
     cfg = SHAPES[args.shape]
     base = Path(args.work) / "base"
@@ -325,14 +339,19 @@ def run_arm(args) -> dict:
     for name in args.workloads.split(","):
         batch, examples = workload(name, args.seq, cfg["vocab_size"], args.warmup + args.steps)
         reset_peak()
-        seconds, timed = (run_ours if ours else run_hf)(model, batch, examples, args)
+        try:
+            seconds, timed = (run_ours if ours else run_hf)(model, batch, examples, args)
+        except torch.OutOfMemoryError as err:  # a result too: this arm cannot train this workload here
+            result["workloads"].append({"workload": name, "error": f"out of memory: {str(err)[:200]}",
+                                        "peak_allocated_gb": peak_gb()})
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            continue
         row = measured(cfg, name, timed, seconds, result["adapter_parameters"], peak_gb())
         if ours:
             row.update(loss_options=run_ours.options, estimate_gb=memory_estimate(kind, name, args))
         result["workloads"].append(row)
     if device() == "cuda":
-        import torch
-
         result["device"] = torch.cuda.get_device_name()
     return result
 
@@ -366,6 +385,9 @@ def report(r: dict, peak: float) -> None:
     print(f"{r['arm']} ({r['device']}, adapter {r['adapter_parameters'] / 1e6:.1f} M, built in "
           f"{r['load_seconds']:.0f} s):", flush=True)
     for w in r["workloads"]:
+        if "error" in w:
+            print(f"  {w['workload']}: FAILED at {w['peak_allocated_gb']:.1f} GiB: {w['error']}", flush=True)
+            continue
         extra = f", estimate {w['estimate_gb']:.1f} GiB, loss {w['loss_options']}" if "estimate_gb" in w else ""
         print(f"  {w['workload']}: {w['tokens_per_s']:.0f} tokens/s, {w['tflops']:.1f} TFLOP/s = MFU "
               f"{w['tflops'] / peak:.1%} (6N {w['tflops_6n'] / peak:.1%}), peak allocated "
