@@ -14,9 +14,10 @@ on it, each `--warmup` untimed then `--steps` timed optimizer steps:
 
 Arms:
 * ours-lora: the trainer's `attach_adapter` (the job defaults: r 16, alpha 32, all linear layers, no
-  dropout) on a bf16 base, and its own `trainstep.train_step` (length-grouped `Schedule`, passes of at most
-  half the micro-batch's padded tokens, answer-only chunked loss where its start-up check passes, bf16
-  autocast, clipping, AdamW) through a minimal recipe object;
+  dropout) on a bf16 base, and its own `trainstep.train_step` (length-grouped `Schedule`; one forward pass
+  per micro-batch where the memory estimate says this GPU holds it, as the trainer chooses
+  (kubetune_api.fit.whole_passes), else passes of at most half its padded tokens; answer-only chunked loss
+  where its start-up check passes; bf16 autocast, clipping, AdamW) through a minimal recipe object;
 * hf-lora: transformers.Trainer + peft.get_peft_model, same LoRA config, bf16=True, DataCollatorForSeq2Seq
   (padding to the longest example, labels -100) and group_by_length: what the transformers/PEFT docs give;
 * ours-qlora / hf-qlora: the same with a 4-bit base (nf4, double quantization, bf16 compute), loaded by the
@@ -216,7 +217,7 @@ def levers(arm: str):
     return Levers(**{k: v for suffix in arm.split("-")[2:] for k, v in off[suffix].items()})
 
 
-def run_ours(model, batch: int, examples: list, args) -> tuple[float, list]:
+def run_ours(model, batch: int, examples: list, args, fraction: float | None) -> tuple[float, list]:
     """(seconds, (length, answers) of each example) of the timed steps, through trainstep.train_step on a
     minimal recipe."""
     from types import SimpleNamespace
@@ -241,7 +242,7 @@ def run_ours(model, batch: int, examples: list, args) -> tuple[float, list]:
     recipe.share_prefix = trainstep.shares_prefix(recipe)
     recipe.chunked_head = trainstep.chunks_head(recipe)
     recipe.loss_options = {"share_prefix": recipe.share_prefix, "chunked_head": recipe.chunked_head}
-    recipe.pass_budget = trainstep.pass_budget(recipe.levers.pass_tokens, batch, args.seq)
+    recipe.pass_budget = trainstep.pass_budget(fraction, batch, args.seq)
     recipe.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     schedule = Schedule(len(examples), batch, 1, 0, max_steps=len(examples) // batch,
                         lengths=[len(e.input_ids) for e in examples], group_by_length=True)
@@ -259,9 +260,9 @@ def run_ours(model, batch: int, examples: list, args) -> tuple[float, list]:
     return time.perf_counter() - start, timed
 
 
-def run_hf(model, batch: int, examples: list, args) -> tuple[float, list]:
+def run_hf(model, batch: int, examples: list, args, fraction: float | None) -> tuple[float, list]:
     """(seconds, (length, answers) of each example) of the timed steps through transformers.Trainer, as a
-    user writes it from the docs."""
+    user writes it from the docs (`fraction` unused: Trainer runs each micro-batch as one pass)."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from transformers import (
@@ -308,17 +309,24 @@ def run_hf(model, batch: int, examples: list, args) -> tuple[float, list]:
     return clock["end"] - clock["begin"], timed
 
 
-def memory_estimate(kind: str, name: str, args) -> float:
-    """The preflight's estimate (kubetune_api.memory) of torch's allocated peak, GiB, for this workload."""
-    from kubetune_api.memory import GIB, ModelShape, Workload, estimate
+def estimated(kind: str, name: str, args) -> tuple[float | None, float]:
+    """(Levers.pass_tokens as the trainer runs this workload here, the preflight's estimate of torch's
+    allocated peak in GiB with it): the arm's levers, and one pass per micro-batch where the trainer would
+    choose it (kubetune_api.fit.whole_passes against this device's memory)."""
+    from dataclasses import replace
 
-    cfg = SHAPES[args.shape]
-    shape = ModelShape.from_config(cfg)
+    from kubetune_api.fit import whole_passes
+    from kubetune_api.memory import GIB, ModelShape, Workload, estimate
+    from kubetune_trainer.distributed import device_bytes
+
+    shape = ModelShape.from_config(SHAPES[args.shape])
     batch, answer = (1, 1.0) if name == "fullseq" else (SFT_BATCH, SFT_ANSWER)
     work = Workload(method=kind, rank=LORA["r"], dropout=False, batch_size=batch, seq_len=args.seq,
                     precision="bf16", answer_fraction=answer, accelerator=device() == "cuda", sharding="ddp",
                     pass_fraction=levers(args.worker).pass_tokens)
-    return estimate(shape, work).allocated / GIB
+    if work.pass_fraction is not None and whole_passes(shape, work, device_bytes(device()) or None):
+        work = replace(work, pass_fraction=None)
+    return work.pass_fraction, estimate(shape, work).allocated / GIB
 
 
 def run_arm(args) -> dict:
@@ -338,9 +346,10 @@ def run_arm(args) -> dict:
               "device": device(), "workloads": []}
     for name in args.workloads.split(","):
         batch, examples = workload(name, args.seq, cfg["vocab_size"], args.warmup + args.steps)
+        fraction, estimate_gb = estimated(kind, name, args)
         reset_peak()
         try:
-            seconds, timed = (run_ours if ours else run_hf)(model, batch, examples, args)
+            seconds, timed = (run_ours if ours else run_hf)(model, batch, examples, args, fraction)
         except torch.OutOfMemoryError as err:  # a result too: this arm cannot train this workload here
             result["workloads"].append({"workload": name, "error": f"out of memory: {str(err)[:200]}",
                                         "peak_allocated_gb": peak_gb()})
@@ -349,7 +358,7 @@ def run_arm(args) -> dict:
             continue
         row = measured(cfg, name, timed, seconds, result["adapter_parameters"], peak_gb())
         if ours:
-            row.update(loss_options=run_ours.options, estimate_gb=memory_estimate(kind, name, args))
+            row.update(loss_options=run_ours.options, pass_tokens=fraction, estimate_gb=estimate_gb)
         result["workloads"].append(row)
     if device() == "cuda":
         result["device"] = torch.cuda.get_device_name()
@@ -388,7 +397,8 @@ def report(r: dict, peak: float) -> None:
         if "error" in w:
             print(f"  {w['workload']}: FAILED at {w['peak_allocated_gb']:.1f} GiB: {w['error']}", flush=True)
             continue
-        extra = f", estimate {w['estimate_gb']:.1f} GiB, loss {w['loss_options']}" if "estimate_gb" in w else ""
+        extra = (f", estimate {w['estimate_gb']:.1f} GiB, passes {w['pass_tokens']}, loss {w['loss_options']}"
+                 if "estimate_gb" in w else "")
         print(f"  {w['workload']}: {w['tokens_per_s']:.0f} tokens/s, {w['tflops']:.1f} TFLOP/s = MFU "
               f"{w['tflops'] / peak:.1%} (6N {w['tflops_6n'] / peak:.1%}), peak allocated "
               f"{w['peak_allocated_gb']:.2f} GiB{extra}", flush=True)

@@ -214,13 +214,16 @@ def weight_bytes(shape: ModelShape, work: Workload, stack: Stack = KUBETUNE) -> 
     return int(full)
 
 
-def _layer_activation_bytes(shape: ModelShape, work: Workload) -> float:
+def _layer_activation_bytes(shape: ModelShape, work: Workload, stack: Stack = KUBETUNE) -> float:
     """Bytes a decoder block keeps per token for its backward pass (no checkpointing)."""
     e, h, i = PRECISION_BYTES[work.precision], shape.hidden, shape.intermediate
     layers = adapted(work)
     norms = 2 * 4 * h  # RMSNorm upcasts its input to fp32 and keeps it
     attention = e * (2 * shape.q_dim + 2 * shape.q_dim)  # q, k and v repeated to every head, the output
-    mlp = 3 * e * i  # gate output (SiLU input), SiLU output and up output (the product's inputs)
+    # gate output (SiLU input), SiLU output and up output (the product's inputs). With QLoRA's upcast the
+    # residual stream is fp32 (PEFT casts the embeddings and norms), and bitsandbytes returns a 4-bit layer's
+    # output in its input's dtype: these three are fp32 (measured on an H200: docs/memory.md).
+    mlp = 3 * (4 if work.method == "qlora" and stack.upcast_unquantized else e) * i
     lora = 0.0
     inputs = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": shape.q_dim, "gate_proj": h, "up_proj": h,
               "down_proj": i}
@@ -236,10 +239,10 @@ def _layer_activation_bytes(shape: ModelShape, work: Workload) -> float:
     return norms + attention + mlp + lora
 
 
-def activation_bytes(shape: ModelShape, work: Workload) -> int:
+def activation_bytes(shape: ModelShape, work: Workload, stack: Stack = KUBETUNE) -> int:
     """The largest forward pass's saved activations, plus one layer's backward temporaries."""
     tokens, e = work.pass_tokens(), PRECISION_BYTES[work.precision]
-    layer = _layer_activation_bytes(shape, work)
+    layer = _layer_activation_bytes(shape, work, stack)
     # the backward pass of one layer holds gradients of its largest tensors while the next is computed
     backward = 2 * e * shape.intermediate + 4 * e * shape.hidden
     # embedding output, final norm (fp32) and the hidden states the output layer reads
@@ -265,7 +268,7 @@ def estimate(shape: ModelShape, work: Workload, stack: Stack = KUBETUNE) -> Esti
     parts = {
         "weights": weight_bytes(shape, work, stack),
         "adapter": adapter,
-        "activations": activation_bytes(shape, work),
+        "activations": activation_bytes(shape, work, stack),
         "logits": logit_bytes(shape, work, stack),
     }
     overhead = int(FRAGMENTATION * sum(parts.values()))
