@@ -14,10 +14,9 @@ on it, each `--warmup` untimed then `--steps` timed optimizer steps:
 
 Arms:
 * ours-lora: the trainer's `attach_adapter` (the job defaults: r 16, alpha 32, all linear layers, no
-  dropout) on a bf16 base, and its own `trainstep.train_step` (length-grouped `Schedule`; one forward pass
-  per micro-batch where the memory estimate says this GPU holds it, as the trainer chooses
-  (kubetune_api.fit.whole_passes), else passes of at most half its padded tokens; answer-only chunked loss
-  where its start-up check passes; bf16 autocast, clipping, AdamW) through a minimal recipe object;
+  dropout) on a bf16 base, and its own `trainstep.train_step` (length-grouped `Schedule`, passes of at most
+  half the micro-batch's padded tokens, answer-only chunked loss where its start-up check passes, bf16
+  autocast, clipping, AdamW) through a minimal recipe object;
 * hf-lora: transformers.Trainer + peft.get_peft_model, same LoRA config, bf16=True, DataCollatorForSeq2Seq
   (padding to the longest example, labels -100) and group_by_length: what the transformers/PEFT docs give;
 * ours-qlora / hf-qlora: the same with a 4-bit base (nf4, double quantization, bf16 compute), loaded by the
@@ -310,22 +309,14 @@ def run_hf(model, batch: int, examples: list, args, fraction: float | None) -> t
 
 
 def estimated(kind: str, name: str, args) -> tuple[float | None, float]:
-    """(Levers.pass_tokens as the trainer runs this workload here, the preflight's estimate of torch's
-    allocated peak in GiB with it): the arm's levers, and one pass per micro-batch where the trainer would
-    choose it (kubetune_api.fit.whole_passes against this device's memory)."""
-    from dataclasses import replace
-
-    from kubetune_api.fit import whole_passes
+    """(Levers.pass_tokens of this arm, the preflight's estimate of torch's allocated peak in GiB with it)."""
     from kubetune_api.memory import GIB, ModelShape, Workload, estimate
-    from kubetune_trainer.distributed import device_bytes
 
     shape = ModelShape.from_config(SHAPES[args.shape])
     batch, answer = (1, 1.0) if name == "fullseq" else (SFT_BATCH, SFT_ANSWER)
     work = Workload(method=kind, rank=LORA["r"], dropout=False, batch_size=batch, seq_len=args.seq,
                     precision="bf16", answer_fraction=answer, accelerator=device() == "cuda", sharding="ddp",
                     pass_fraction=levers(args.worker).pass_tokens)
-    if work.pass_fraction is not None and whole_passes(shape, work, device_bytes(device()) or None):
-        work = replace(work, pass_fraction=None)
     return work.pass_fraction, estimate(shape, work).allocated / GIB
 
 
@@ -337,8 +328,8 @@ def run_arm(args) -> dict:
     base = Path(args.work) / "base"
     load_start = time.perf_counter()
     if kind == "qlora" and not (base / "config.json").exists():
-        random_base(cfg, base)  # no ours-lora arm before this one wrote it
-    model = random_base(cfg, base if args.save_base else None) if kind == "lora" else quantized_base(base, ours)
+        random_base(cfg, base)  # run alone: no save-base process wrote it
+    model = random_base(cfg) if kind == "lora" else quantized_base(base, ours)
     model = adapted(model, ours, kind)
     model.train()
     result = {"arm": args.worker, "load_seconds": time.perf_counter() - load_start,
@@ -366,11 +357,11 @@ def run_arm(args) -> dict:
 
 
 # ---- driver -------------------------------------------------------------------------------------------
-def spawn(args, arm: str, work: Path, save_base: bool) -> dict:
+def spawn(args, arm: str, work: Path) -> dict:
     script = REPO / "bench" / ("gpu_qlora_grads.py" if arm == "qlora-grads" else "gpu_lora.py")
     cmd = [sys.executable, str(script), "--worker", arm, "--shape", args.shape, "--seq", str(args.seq),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--work", str(work),
-           "--workloads", args.workloads] + (["--save-base"] if save_base else [])
+           "--workloads", args.workloads]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "api"), str(REPO / "trainer-image"),
                                                          os.environ.get("PYTHONPATH", "")])}
     try:
@@ -417,12 +408,15 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--work", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--save-base", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         import warnings
 
         warnings.filterwarnings("ignore")
+        if args.worker == "save-base":  # the 4-bit arms' safetensors, written before any arm is timed
+            random_base(SHAPES[args.shape], Path(args.work) / "base")
+            print("RESULT " + json.dumps({"arm": "save-base"}), flush=True)
+            return
         print("RESULT " + json.dumps(run_arm(args)), flush=True)
         return
     peak = matmul_peak(args.matmul)
@@ -432,9 +426,15 @@ def main() -> None:
     arms = args.arms.split(",")
     results = []
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as work:
+        # The 4-bit arms load the base from safetensors, written by a process of its own first: in all three
+        # H200 runs the arm that had just written the 13.5 GB was the slowest on the 8-example workload
+        # (docs/performance.md), so no arm's timing may include the write.
+        if any(a.split("-")[1:2] == ["qlora"] for a in arms):
+            saved = spawn(args, "save-base", Path(work))
+            if "error" in saved:
+                report(saved, peak)
         for arm in arms:
-            save = arm == "ours-lora" and any("qlora" in a and a != "qlora-grads" for a in arms)
-            results.append(spawn(args, arm, Path(work), save))
+            results.append(spawn(args, arm, Path(work)))
             report(results[-1], peak)
             if args.json:  # after every arm: a run cut short keeps what it measured
                 Path(args.json).write_text(json.dumps({"args": vars(args), "matmul_peak_tflops": peak,

@@ -43,6 +43,20 @@ PUBLISHED = {  # name: (workload, published peak GiB)
                                                            "down_proj"), **_TT), 16.2),
     "llama3.1-8b-qlora": (Workload(method="qlora", targets=BLOCK_LINEARS, **_TT), 7.4),
 }
+# Peaks measured on an NVIDIA H200 by bench/gpu_lora.py (2026-11-30, torch.cuda.max_memory_allocated, GiB;
+# docs/performance.md): Llama-2-7B's shape in bf16, LoRA r 16 on every linear layer, no dropout. fullseq: one
+# 2048-token sequence, every token an answer; sft: 8 examples of up to 2048 tokens, 30% answers, in the
+# trainer's passes of at most half the micro-batch (one pass: Levers.pass_tokens None).
+LLAMA_2_7B = ModelShape(layers=32, hidden=4096, intermediate=11008, heads=32, kv_heads=32, vocab=32000)
+_H200 = dict(rank=16, dropout=False, seq_len=2048, precision="bf16", sharding="ddp")
+_SFT = dict(batch_size=8, answer_fraction=0.3)
+H200_MEASURED = {  # name: (workload, measured peak GiB)
+    "lora-fullseq": (Workload(method="lora", batch_size=1, **_H200), 25.82),
+    "lora-sft": (Workload(method="lora", **_SFT, **_H200), 64.46),
+    "lora-sft-one-pass": (Workload(method="lora", pass_fraction=None, **_SFT, **_H200), 115.68),
+    "qlora-fullseq": (Workload(method="qlora", batch_size=1, **_H200), 21.02),
+    "qlora-sft": (Workload(method="qlora", **_SFT, **_H200), 69.98),
+}
 
 
 @dataclass(frozen=True)

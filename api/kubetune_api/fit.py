@@ -40,9 +40,6 @@ GPU_MEMORY_GIB: dict[str, float] = {
 NO_BF16 = frozenset({"Tesla-T4", "Tesla-V100-SXM2-16GB", "Tesla-V100-SXM2-32GB"})
 # World sizes tried when suggesting more GPUs with FSDP.
 FSDP_SIZES = (2, 4, 8, 16)
-# One forward pass per micro-batch only when its estimate leaves this share of the GPU free: measured LoRA
-# peaks on an H200 were up to 12% above the estimate's allocated figure (docs/memory.md).
-WHOLE_PASS_HEADROOM = 0.85
 
 
 def gpu_memory_bytes(product: str | None, table: dict[str, float] | None = None) -> int | None:
@@ -106,16 +103,6 @@ def verdict_of(shape: ModelShape, work: Workload, capacity: int | None) -> Verdi
     if verdict.fits is False:
         verdict = replace(verdict, options=options(shape, work, capacity or 0))
     return verdict
-
-
-def whole_passes(shape: ModelShape, work: Workload, capacity: int | None) -> bool:
-    """Whether each micro-batch can run as one forward pass (Levers.pass_tokens None) on a GPU of `capacity`
-    bytes: its estimate within WHOLE_PASS_HEADROOM of the memory. Splitting a micro-batch bounds its memory
-    but costs a GPU speed (bench/gpu_lora.py on an H200: 0.69x the tokens/s of one pass, LoRA on a 7B base, 8
-    examples of up to 2048 tokens), so a GPU with room runs it whole; unknown memory keeps the split."""
-    if capacity is None:
-        return False
-    return estimate(shape, replace(work, pass_fraction=None)).total <= WHOLE_PASS_HEADROOM * capacity
 
 
 def options(shape: ModelShape, work: Workload, capacity: int) -> list[Option]:

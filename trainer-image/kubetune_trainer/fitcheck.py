@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from kubetune_api.fit import Verdict, check_fit, gib, gpu_memory_bytes, verdict_of, whole_passes
+from kubetune_api.fit import Verdict, check_fit, gib, gpu_memory_bytes, verdict_of
 from kubetune_api.memory import GIB, ModelShape, Workload
 from kubetune_api.results import Env, ExitCode
 
@@ -52,13 +52,6 @@ def device_memory(device: str) -> int | None:
     return device_bytes(device)
 
 
-def _workload(spec, device: str, dtype_bytes: int, sharding: str, world_size: int) -> Workload:
-    """The spec's workload as this process really runs it: its device, precision and sharding (auto
-    resolved), not the spec's guess."""
-    return replace(Workload.from_spec(spec), accelerator=device == "cuda", sharding=sharding, world_size=world_size,
-                   precision="fp32" if dtype_bytes == 4 else "bf16")
-
-
 def preflight(spec, model_path: Path, device: str, dtype_bytes: int, sharding: str = "ddp",
               world_size: int = 1) -> Verdict | None:
     """Raise InsufficientGPUMemory when the job cannot fit this device; the verdict otherwise (None on CPU)."""
@@ -66,22 +59,13 @@ def preflight(spec, model_path: Path, device: str, dtype_bytes: int, sharding: s
     if capacity is None:
         return None
     shape = shape_of(model_path)
-    verdict = verdict_of(shape, _workload(spec, device, dtype_bytes, sharding, world_size), capacity)
+    # as this process really runs: its device, precision and sharding (auto resolved), not the spec's guess
+    work = replace(Workload.from_spec(spec), accelerator=device == "cuda", sharding=sharding, world_size=world_size,
+                   precision="fp32" if dtype_bytes == 4 else "bf16")
+    verdict = verdict_of(shape, work, capacity)
     if verdict.fits is False:
         raise InsufficientGPUMemory(f"{verdict.message} (from the model's config.json; docs/memory.md)")
     return verdict
-
-
-def pass_fraction(spec, model_path: Path, device: str, dtype_bytes: int, sharding: str, world_size: int,
-                  default: float | None) -> float | None:
-    """Levers.pass_tokens as this process runs it: None (one pass per micro-batch) on a GPU that the estimate
-    says holds whole micro-batches with room to spare (kubetune_api.fit.whole_passes); `default` elsewhere,
-    and always on CPU, where the split is faster (docs/performance.md: +20%) and host memory is not what the
-    estimate models."""
-    if default is None or device != "cuda":
-        return default
-    work = _workload(spec, device, dtype_bytes, sharding, world_size)
-    return None if whole_passes(shape_of(model_path), work, device_memory(device)) else default
 
 
 def read_config(spec, storage: Storage) -> dict:

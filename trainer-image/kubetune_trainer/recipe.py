@@ -60,8 +60,7 @@ class Levers:
     pass_tokens: a forward pass holds at most this fraction of batchSize x maxSeqLength tokens (but always
         one whole example); longer micro-batches are split, which bounds the activation memory at that
         fraction of what the same batch padded to maxSeqLength needs. The loss does not change. None: one
-        pass per micro-batch, which a GPU whose memory holds it by the estimate also gets (faster there;
-        fitcheck.pass_fraction).
+        pass per micro-batch.
     pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
     shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
         for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
@@ -230,9 +229,8 @@ class LoRARecipe:
         self.schedule = Schedule(len(self.train_encoded), self.micro_batch, t.gradient_accumulation, t.seed,
                                  epochs=t.planned_epochs(), max_steps=t.max_steps,
                                  lengths=[len(e.input_ids) for e in self.train_encoded], group_by_length=grouped)
-        fraction = fitcheck.pass_fraction(self.spec, self.model_path, self.device, self.dtype.itemsize, self.sharding,
-                                          self.dist.world_size, self.levers.pass_tokens)
-        self.pass_budget = trainstep.pass_budget(fraction, t.batch_size, self.spec.dataset.max_seq_length)
+        self.pass_budget = trainstep.pass_budget(self.levers.pass_tokens, t.batch_size,
+                                                 self.spec.dataset.max_seq_length)
         total = self.schedule.total_steps
         self.scheduler = get_scheduler(t.scheduler, self.optimizer, num_warmup_steps=math.ceil(t.warmup_ratio * total),
                                        num_training_steps=total)
