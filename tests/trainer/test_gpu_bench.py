@@ -1,0 +1,32 @@
+"""bench/gpu_lora.py runs only where a GPU is lent, a few minutes per task: it must not rot in between. Here it
+runs end to end on CPU at a tiny shape, each arm in its own process, as on the GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from .conftest import REPO
+
+
+@pytest.mark.slow  # ~1 minute: three processes each import torch, transformers and peft
+def test_the_gpu_benchmark_trains_ours_and_the_hf_baseline_on_the_same_tokens_and_checks_qlora(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu_lora.py"), "--shape", "tiny", "--seq", "64", "--steps", "2",
+         "--warmup", "1", "--matmul", "256", "--workloads", "fullseq", "--arms", "ours-lora,hf-lora,qlora-grads",
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["arm"]: r for r in json.loads(out.read_text())["results"]}
+    assert not [r["error"] for r in results.values() if "error" in r]
+    ours, hf = (results[arm]["workloads"][0] for arm in ("ours-lora", "hf-lora"))
+    # two timed steps of one 64-token sequence each, every token but the first an answer, in both loops
+    assert (ours["tokens"], ours["answer_tokens"]) == (hf["tokens"], hf["answer_tokens"]) == (128, 126)
+    assert ours["tokens_per_s"] > 0 and hf["tokens_per_s"] > 0
+    assert ours["loss_options"]["chunked_head"] is True and ours["estimate_gb"] > 0
+    checks = results["qlora-grads"]["checks"]
+    assert [c["compute"] for c in checks] == ["float32", "bfloat16"] and all(c["passed"] for c in checks), checks
