@@ -142,11 +142,6 @@ def step_flops(shape: dict, lengths: list[int], answers: list[int], adapter: int
     return lora, full
 
 
-def answer_count(labels) -> int:
-    """Positions that predict an answer token (a label after the first position)."""
-    return sum(t != -100 for t in labels[1:])
-
-
 def measured(shape: dict, name: str, timed: list[tuple[int, int]], seconds: float, adapter: int, peak: float) -> dict:
     """A workload's figures from the (length, answer positions) of each example the timed steps trained on."""
     lengths, answers = [t[0] for t in timed], [t[1] for t in timed]
@@ -216,9 +211,9 @@ def levers(arm: str):
     return Levers(**{k: v for suffix in arm.split("-")[2:] for k, v in off[suffix].items()})
 
 
-def run_ours(model, batch: int, examples: list, args, fraction: float | None) -> tuple[float, list]:
-    """(seconds, (length, answers) of each example) of the timed steps, through trainstep.train_step on a
-    minimal recipe."""
+def run_ours(model, batch: int, examples: list, args) -> tuple[float, list, dict]:
+    """(seconds, (length, answers) of each example of the timed steps, the loss options the start-up checks
+    chose), through trainstep.train_step on a minimal recipe."""
     from types import SimpleNamespace
 
     import torch
@@ -226,6 +221,7 @@ def run_ours(model, batch: int, examples: list, args, fraction: float | None) ->
     from kubetune_trainer import trainstep
     from kubetune_trainer.batching import Schedule
     from kubetune_trainer.distributed import ProcessGroup
+    from kubetune_trainer.preflight import answer_tokens
 
     dtype = torch.bfloat16
     recipe = SimpleNamespace(
@@ -235,13 +231,12 @@ def run_ours(model, batch: int, examples: list, args, fraction: float | None) ->
         spec=SimpleNamespace(training=SimpleNamespace(max_grad_norm=1.0, packing=False, gradient_checkpointing=False),
                              dataset=SimpleNamespace(max_seq_length=args.seq)),
         stop=SimpleNamespace(requested=False), train_tokens=0, last_step_tokens=0, last_grad_norm=0.0,
-        share_prefix=False, chunked_head=False,
         scaler=torch.amp.GradScaler(device(), enabled=False), scheduler=SimpleNamespace(step=lambda: None))
     recipe.filler = trainstep.filler(examples)
     recipe.share_prefix = trainstep.shares_prefix(recipe)
     recipe.chunked_head = trainstep.chunks_head(recipe)
     recipe.loss_options = {"share_prefix": recipe.share_prefix, "chunked_head": recipe.chunked_head}
-    recipe.pass_budget = trainstep.pass_budget(fraction, batch, args.seq)
+    recipe.pass_budget = trainstep.pass_budget(recipe.levers.pass_tokens, batch, args.seq)
     recipe.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     schedule = Schedule(len(examples), batch, 1, 0, max_steps=len(examples) // batch,
                         lengths=[len(e.input_ids) for e in examples], group_by_length=True)
@@ -252,16 +247,14 @@ def run_ours(model, batch: int, examples: list, args, fraction: float | None) ->
             start = time.perf_counter()
         trainstep.train_step(recipe, step.micro_batches)
         if start is not None:
-            timed += [(len(examples[i].input_ids), answer_count(examples[i].labels))
-                      for mb in step.micro_batches for i in mb]
+            timed += [(len(examples[i].input_ids), answer_tokens(examples[i])) for mb in step.micro_batches for i in mb]
     synchronize()
-    run_ours.options = recipe.loss_options
-    return time.perf_counter() - start, timed
+    return time.perf_counter() - start, timed, recipe.loss_options
 
 
-def run_hf(model, batch: int, examples: list, args, fraction: float | None) -> tuple[float, list]:
-    """(seconds, (length, answers) of each example) of the timed steps through transformers.Trainer, as a
-    user writes it from the docs (`fraction` unused: Trainer runs each micro-batch as one pass)."""
+def run_hf(model, batch: int, examples: list, args) -> tuple[float, list, None]:
+    """(seconds, (length, answers) of each example of the timed steps, no loss options) through
+    transformers.Trainer, as a user writes it from the docs."""
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from transformers import (
@@ -279,7 +272,7 @@ def run_hf(model, batch: int, examples: list, args, fraction: float | None) -> t
         def compute_loss(self, model, inputs, *a, **kw):
             if "begin" in clock:
                 for mask, labels in zip(inputs["attention_mask"], inputs["labels"], strict=True):
-                    timed.append((int(mask.sum()), answer_count(labels.tolist())))
+                    timed.append((int(mask.sum()), int((labels[1:] != -100).sum())))
             return super().compute_loss(model, inputs, *a, **kw)
 
     class Clock(TrainerCallback):
@@ -305,11 +298,11 @@ def run_hf(model, batch: int, examples: list, args, fraction: float | None) -> t
                                   disable_tqdm=True, seed=0)
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         Counting(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Clock()]).train()
-    return clock["end"] - clock["begin"], timed
+    return clock["end"] - clock["begin"], timed, None
 
 
-def estimated(kind: str, name: str, args) -> tuple[float | None, float]:
-    """(Levers.pass_tokens of this arm, the preflight's estimate of torch's allocated peak in GiB with it)."""
+def memory_estimate(kind: str, name: str, args) -> float:
+    """The preflight's estimate (kubetune_api.memory) of torch's allocated peak, GiB, for this arm and workload."""
     from kubetune_api.memory import GIB, ModelShape, Workload, estimate
 
     shape = ModelShape.from_config(SHAPES[args.shape])
@@ -317,7 +310,7 @@ def estimated(kind: str, name: str, args) -> tuple[float | None, float]:
     work = Workload(method=kind, rank=LORA["r"], dropout=False, batch_size=batch, seq_len=args.seq,
                     precision="bf16", answer_fraction=answer, accelerator=device() == "cuda", sharding="ddp",
                     pass_fraction=levers(args.worker).pass_tokens)
-    return work.pass_fraction, estimate(shape, work).allocated / GIB
+    return estimate(shape, work).allocated / GIB
 
 
 def run_arm(args) -> dict:
@@ -337,10 +330,9 @@ def run_arm(args) -> dict:
               "device": device(), "workloads": []}
     for name in args.workloads.split(","):
         batch, examples = workload(name, args.seq, cfg["vocab_size"], args.warmup + args.steps)
-        fraction, estimate_gb = estimated(kind, name, args)
         reset_peak()
         try:
-            seconds, timed = (run_ours if ours else run_hf)(model, batch, examples, args, fraction)
+            seconds, timed, options = (run_ours if ours else run_hf)(model, batch, examples, args)
         except torch.OutOfMemoryError as err:  # a result too: this arm cannot train this workload here
             result["workloads"].append({"workload": name, "error": f"out of memory: {str(err)[:200]}",
                                         "peak_allocated_gb": peak_gb()})
@@ -349,7 +341,8 @@ def run_arm(args) -> dict:
             continue
         row = measured(cfg, name, timed, seconds, result["adapter_parameters"], peak_gb())
         if ours:
-            row.update(loss_options=run_ours.options, pass_tokens=fraction, estimate_gb=estimate_gb)
+            row.update(loss_options=options, pass_tokens=levers(args.worker).pass_tokens,
+                       estimate_gb=memory_estimate(kind, name, args))
         result["workloads"].append(row)
     if device() == "cuda":
         result["device"] = torch.cuda.get_device_name()

@@ -19,14 +19,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from gpu_lora import device  # this script's folder, bench/, is on sys.path when it runs
+
 SHAPE = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 2, "num_attention_heads": 8,
          "num_key_value_heads": 8, "vocab_size": 2000}
-
-
-def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def gradients(model, ids, dtype) -> dict:

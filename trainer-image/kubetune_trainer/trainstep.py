@@ -7,6 +7,7 @@ from __future__ import annotations
 from .batching import pack_batch, pad_batch, passes
 from .distributed import balanced_shards
 from .loss import answer_loss, check_chunked_head, check_shared_prefix, has_answer
+from .preflight import answer_tokens
 from .prompting import Encoded
 
 
@@ -60,7 +61,7 @@ def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
 
     dist = recipe.dist
     world, enc = dist.world_size, recipe.train_encoded
-    answers = {i: sum(t != -100 for t in enc[i].labels[1:]) for mb in micro_batches for i in mb}
+    answers = {i: answer_tokens(enc[i]) for mb in micro_batches for i in mb}
     total_tokens = max(sum(answers.values()), 1)  # the step's, so each rank knows it without asking
     shares: list[list] = [[] for _ in range(world)]  # every rank's passes, so all know how many there are
     for mb in micro_batches:
