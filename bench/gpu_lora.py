@@ -19,6 +19,8 @@ Arms:
   autocast, clipping, AdamW) through a minimal recipe object;
 * hf-lora: transformers.Trainer + peft.get_peft_model, same LoRA config, bf16=True, DataCollatorForSeq2Seq
   (padding to the longest example, labels -100) and group_by_length: what the transformers/PEFT docs give;
+* trl-lora: TRL's SFTTrainer on the same PEFT model, completion-only loss and padding_free, bf16=True
+  (bench/gpu_baselines.py has both baselines' loops);
 * ours-qlora / hf-qlora: the same with a 4-bit base (nf4, double quantization, bf16 compute), loaded by the
   trainer's `load_model` / by `from_pretrained(quantization_config=...)` + `prepare_model_for_kbit_training`
   (gradient checkpointing off in both, as in ours by default) from the same safetensors;
@@ -54,7 +56,7 @@ SHAPES = {
     "tiny": {"hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4, "num_attention_heads": 4,
              "num_key_value_heads": 4, "vocab_size": 1000},
 }
-ARMS = ("ours-lora", "hf-lora", "qlora-grads", "ours-qlora", "hf-qlora")
+ARMS = ("ours-lora", "hf-lora", "trl-lora", "qlora-grads", "ours-qlora", "hf-qlora")
 # Also runnable, ours with a lever off by a suffix (ours-lora-whole-nochunk, ...): -whole, Levers.pass_tokens
 # None (each micro-batch in one forward pass, as HF runs it; the default splits it at half its padded tokens
 # to bound memory); -nochunk, Levers.chunked_head False.
@@ -252,53 +254,11 @@ def run_ours(model, batch: int, examples: list, args) -> tuple[float, list, dict
     return time.perf_counter() - start, timed, recipe.loss_options
 
 
-def run_hf(model, batch: int, examples: list, args) -> tuple[float, list, None]:
-    """(seconds, (length, answers) of each example of the timed steps, no loss options) through
-    transformers.Trainer, as a user writes it from the docs."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from transformers import (
-        DataCollatorForSeq2Seq,
-        PreTrainedTokenizerFast,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+def loop(arm: str):
+    """The training loop an arm runs: ours, or a baseline's (bench/gpu_baselines.py)."""
+    import gpu_baselines
 
-    clock: dict[str, float] = {}
-    timed: list[tuple[int, int]] = []
-
-    class Counting(Trainer):
-        def compute_loss(self, model, inputs, *a, **kw):
-            if "begin" in clock:
-                for mask, labels in zip(inputs["attention_mask"], inputs["labels"], strict=True):
-                    timed.append((int(mask.sum()), int((labels[1:] != -100).sum())))
-            return super().compute_loss(model, inputs, *a, **kw)
-
-    class Clock(TrainerCallback):
-        def on_step_begin(self, targs, state, control, **kw):
-            if state.global_step == args.warmup:
-                synchronize()
-                clock["begin"] = time.perf_counter()
-
-        def on_train_end(self, *a, **kw):
-            synchronize()
-            clock["end"] = time.perf_counter()
-
-    # the collator pads with the tokenizer: a one-token vocabulary is all it needs of one
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"<pad>": 0}, unk_token="<pad>")),
-                                        pad_token="<pad>")
-    rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
-            for e in examples]
-    with tempfile.TemporaryDirectory(prefix="hf-out-") as out:
-        targs = TrainingArguments(output_dir=out, per_device_train_batch_size=batch, max_steps=len(examples) // batch,
-                                  learning_rate=1e-4, bf16=device() == "cuda", use_cpu=device() != "cuda",
-                                  train_sampling_strategy="group_by_length", logging_steps=1000, save_strategy="no",
-                                  report_to="none", remove_unused_columns=False, dataloader_num_workers=0,
-                                  disable_tqdm=True, seed=0)
-        collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-        Counting(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[Clock()]).train()
-    return clock["end"] - clock["begin"], timed, None
+    return {"ours": run_ours, "hf": gpu_baselines.run_hf, "trl": gpu_baselines.run_trl}[arm.split("-")[0]]
 
 
 def memory_estimate(kind: str, name: str, args) -> float:
@@ -332,7 +292,7 @@ def run_arm(args) -> dict:
         batch, examples = workload(name, args.seq, cfg["vocab_size"], args.warmup + args.steps)
         reset_peak()
         try:
-            seconds, timed, options = (run_ours if ours else run_hf)(model, batch, examples, args)
+            seconds, timed, options = loop(args.worker)(model, batch, examples, args)
         except torch.OutOfMemoryError as err:  # a result too: this arm cannot train this workload here
             result["workloads"].append({"workload": name, "error": f"out of memory: {str(err)[:200]}",
                                         "peak_allocated_gb": peak_gb()})

@@ -12,21 +12,21 @@ import pytest
 from .conftest import REPO
 
 
-@pytest.mark.slow  # ~1 minute: three processes each import torch, transformers and peft
-def test_the_gpu_benchmark_trains_ours_and_the_hf_baseline_on_the_same_tokens_and_checks_qlora(tmp_path):
+@pytest.mark.slow  # ~1.5 minutes: four processes each import torch, transformers and peft
+def test_the_gpu_benchmark_trains_ours_and_both_baselines_on_the_same_tokens_and_checks_qlora(tmp_path):
     out = tmp_path / "gpu.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu_lora.py"), "--shape", "tiny", "--seq", "64", "--steps", "2",
-         "--warmup", "1", "--matmul", "256", "--workloads", "fullseq", "--arms", "ours-lora,hf-lora,qlora-grads",
+         "--warmup", "1", "--matmul", "256", "--workloads", "fullseq", "--arms", "ours-lora,hf-lora,trl-lora,qlora-grads",
          "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = {r["arm"]: r for r in json.loads(out.read_text())["results"]}
     assert not [r["error"] for r in results.values() if "error" in r]
-    ours, hf = (results[arm]["workloads"][0] for arm in ("ours-lora", "hf-lora"))
-    # two timed steps of one 64-token sequence each, every token but the first an answer, in both loops
-    assert (ours["tokens"], ours["answer_tokens"]) == (hf["tokens"], hf["answer_tokens"]) == (128, 126)
-    assert ours["tokens_per_s"] > 0 and hf["tokens_per_s"] > 0
+    ours, hf, trl = (results[arm]["workloads"][0] for arm in ("ours-lora", "hf-lora", "trl-lora"))
+    # two timed steps of one 64-token sequence each, every token but the first an answer, in all three loops
+    assert {(w["tokens"], w["answer_tokens"]) for w in (ours, hf, trl)} == {(128, 126)}
+    assert min(w["tokens_per_s"] for w in (ours, hf, trl)) > 0
     assert ours["loss_options"]["chunked_head"] is True and ours["estimate_gb"] > 0
     checks = results["qlora-grads"]["checks"]
     assert [c["compute"] for c in checks] == ["float32", "bfloat16"] and all(c["passed"] for c in checks), checks
