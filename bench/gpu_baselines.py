@@ -9,7 +9,8 @@
   transformers builds a block-diagonal mask from the position ids for SDPA, so the attention runs over the
   whole flattened row, masked.
 
-Each returns (seconds of the timed steps, (length, answer positions) of every example they trained on).
+Each trains one epoch of the examples it is given and returns (its seconds, (length, answer positions) of
+every example, in the order trained).
 """
 
 from __future__ import annotations
@@ -24,41 +25,18 @@ from gpu_lora import device, synchronize  # this script's folder, bench/, is on 
 def run_hf(model, batch: int, examples: list, args) -> tuple[float, list, None]:
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    timed: list[tuple[int, int]] = []
-    clock, callback = clocked(args.warmup)
-
-    class Counting(Trainer):
-        def compute_loss(self, model, inputs, *a, **kw):
-            if "begin" in clock:
-                for mask, labels in zip(inputs["attention_mask"], inputs["labels"], strict=True):
-                    timed.append((int(mask.sum()), int((labels[1:] != -100).sum())))
-            return super().compute_loss(model, inputs, *a, **kw)
-
     rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
             for e in examples]
     with tempfile.TemporaryDirectory(prefix="hf-out-") as out:
         targs = TrainingArguments(**common(out, batch, len(examples) // batch), remove_unused_columns=False,
                                   train_sampling_strategy="group_by_length")
         collator = DataCollatorForSeq2Seq(pad_tokenizer(), padding=True, label_pad_token_id=-100)
-        Counting(model=model, args=targs, train_dataset=rows, data_collator=collator, callbacks=[callback]).train()
-    return clock["end"] - clock["begin"], timed, None
+        return timed(Trainer(model=model, args=targs, train_dataset=rows, data_collator=collator))
 
 
 def run_trl(model, batch: int, examples: list, args) -> tuple[float, list, None]:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    timed: list[tuple[int, int]] = []
-    clock, callback = clocked(args.warmup)
-
-    class Counting(SFTTrainer):
-        def compute_loss(self, model, inputs, *a, **kw):
-            if "begin" in clock:  # one flattened row: an example starts where its position id is 0
-                positions, labels = inputs["position_ids"][0], inputs["labels"][0]
-                starts = (positions == 0).nonzero().flatten().tolist() + [len(positions)]
-                for begin, end in itertools.pairwise(starts):
-                    timed.append((end - begin, int((labels[begin + 1:end] != -100).sum())))
-            return super().compute_loss(model, inputs, *a, **kw)
 
     rows = [{"input_ids": e.input_ids, "completion_mask": [int(t != -100) for t in e.labels]} for e in examples]
     with tempfile.TemporaryDirectory(prefix="trl-out-") as out:
@@ -66,9 +44,8 @@ def run_trl(model, batch: int, examples: list, args) -> tuple[float, list, None]
         # and no packing); SFTConfig's defaults turn gradient checkpointing on, off here as in the other arms.
         config = SFTConfig(**common(out, batch, len(examples) // batch), completion_only_loss=True,
                            padding_free=True, max_length=None, gradient_checkpointing=False)
-        Counting(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=pad_tokenizer(),
-                 callbacks=[callback]).train()
-    return clock["end"] - clock["begin"], timed, None
+        return timed(SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                                processing_class=pad_tokenizer()))
 
 
 def common(out: str, batch: int, steps: int) -> dict:
@@ -77,23 +54,40 @@ def common(out: str, batch: int, steps: int) -> dict:
                 report_to="none", dataloader_num_workers=0, disable_tqdm=True, seed=0)
 
 
-def clocked(warmup: int):
-    """(clock, callback): the callback notes the time before step warmup + 1 and at the end of training."""
+def timed(trainer) -> tuple[float, list, None]:
+    """Train, timing the whole run and noting (length, answer positions) of every example as its micro-batch
+    is collated, on the CPU (counting the batch on the device would add a synchronisation per micro-batch)."""
     from transformers import TrainerCallback
 
     clock: dict[str, float] = {}
+    trained: list[tuple[int, int]] = []
+    collate = trainer.data_collator
+
+    def counted(features):
+        batch = collate(features)
+        if "position_ids" in batch and "attention_mask" not in batch:  # padding-free: one flattened row
+            positions, labels = batch["position_ids"][0], batch["labels"][0]
+            starts = (positions == 0).nonzero().flatten().tolist() + [len(positions)]
+            trained.extend((end - begin, int((labels[begin + 1:end] != -100).sum()))
+                           for begin, end in itertools.pairwise(starts))
+        else:
+            trained.extend((int(mask.sum()), int((labels[1:] != -100).sum()))
+                           for mask, labels in zip(batch["attention_mask"], batch["labels"], strict=True))
+        return batch
 
     class Clock(TrainerCallback):
-        def on_step_begin(self, targs, state, control, **kw):
-            if state.global_step == warmup:
-                synchronize()
-                clock["begin"] = time.perf_counter()
+        def on_train_begin(self, *a, **kw):
+            synchronize()
+            clock["begin"] = time.perf_counter()
 
         def on_train_end(self, *a, **kw):
             synchronize()
             clock["end"] = time.perf_counter()
 
-    return clock, Clock()
+    trainer.data_collator = counted
+    trainer.add_callback(Clock())
+    trainer.train()
+    return clock["end"] - clock["begin"], trained, None
 
 
 def pad_tokenizer():

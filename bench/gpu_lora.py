@@ -5,7 +5,10 @@ Hugging Face Trainer + PEFT on the same shape and data.
     .venv/bin/python bench/gpu_lora.py --shape tiny --seq 256 --matmul 512   # anywhere: checks the script
 
 Each arm runs in a fresh process (so peak memory is per arm), builds the model once and runs two workloads
-on it, each `--warmup` untimed then `--steps` timed optimizer steps:
+on it, each as `--warmup` untimed optimizer steps on examples of their own, then one epoch of `--steps`
+timed steps on the workload's timed examples: the same examples for every arm, each arm in its own order
+(timing the steps after a warm-up within one epoch would time a different subset per arm, and with it a
+different amount of padding):
 
 * fullseq: one sequence of `--seq` random tokens per step, every position an answer (the shape the
   issue names; no padding, so dynamic padding and answer-only logits cannot help: the plain step);
@@ -113,11 +116,12 @@ def matmul_peak(n: int, repeats: int = 20) -> float:
 
 
 # ---- workloads ----------------------------------------------------------------------------------------
-def workload(name: str, seq: int, vocab: int, steps: int) -> tuple[int, list]:
-    """(micro-batch size, examples as the trainer's Encoded) for `steps` optimizer steps."""
+def workload(name: str, seq: int, vocab: int, steps: int, seed: int = 0) -> tuple[int, list]:
+    """(micro-batch size, examples as the trainer's Encoded) for `steps` optimizer steps; a seed of its own
+    for the warm-up examples."""
     from kubetune_trainer.prompting import Encoded
 
-    rng = random.Random(0)
+    rng = random.Random(seed)
     if name == "fullseq":
         batch, lengths, answer = 1, [seq] * steps, 1.0
     else:
@@ -214,8 +218,8 @@ def levers(arm: str):
 
 
 def run_ours(model, batch: int, examples: list, args) -> tuple[float, list, dict]:
-    """(seconds, (length, answers) of each example of the timed steps, the loss options the start-up checks
-    chose), through trainstep.train_step on a minimal recipe."""
+    """(seconds, (length, answers) of each example, the loss options the start-up checks chose) of one epoch
+    of `examples` through trainstep.train_step on a minimal recipe."""
     from types import SimpleNamespace
 
     import torch
@@ -242,14 +246,11 @@ def run_ours(model, batch: int, examples: list, args) -> tuple[float, list, dict
     recipe.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     schedule = Schedule(len(examples), batch, 1, 0, max_steps=len(examples) // batch,
                         lengths=[len(e.input_ids) for e in examples], group_by_length=True)
-    start, timed = None, []
+    synchronize()
+    start, timed = time.perf_counter(), []
     for step in schedule.steps():
-        if step.number == args.warmup + 1:
-            synchronize()
-            start = time.perf_counter()
         trainstep.train_step(recipe, step.micro_batches)
-        if start is not None:
-            timed += [(len(examples[i].input_ids), answer_tokens(examples[i])) for mb in step.micro_batches for i in mb]
+        timed += [(len(examples[i].input_ids), answer_tokens(examples[i])) for mb in step.micro_batches for i in mb]
     synchronize()
     return time.perf_counter() - start, timed, recipe.loss_options
 
@@ -289,9 +290,11 @@ def run_arm(args) -> dict:
               "adapter_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
               "device": device(), "workloads": []}
     for name in args.workloads.split(","):
-        batch, examples = workload(name, args.seq, cfg["vocab_size"], args.warmup + args.steps)
+        batch, examples = workload(name, args.seq, cfg["vocab_size"], args.steps)
         reset_peak()
         try:
+            if args.warmup:
+                loop(args.worker)(model, batch, workload(name, args.seq, cfg["vocab_size"], args.warmup, 1)[1], args)
             seconds, timed, options = loop(args.worker)(model, batch, examples, args)
         except torch.OutOfMemoryError as err:  # a result too: this arm cannot train this workload here
             result["workloads"].append({"workload": name, "error": f"out of memory: {str(err)[:200]}",
@@ -375,7 +378,7 @@ def main() -> None:
     peak = matmul_peak(args.matmul)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; device {device()}; bf16 matmul peak {peak:.1f} TFLOP/s "
           f"({args.matmul}^3); shape {args.shape}, sequence {args.seq}, {args.steps} timed steps after "
-          f"{args.warmup}", flush=True)
+          f"{args.warmup} on other examples", flush=True)
     arms = args.arms.split(",")
     results = []
     with tempfile.TemporaryDirectory(prefix="gpu-bench-") as work:
