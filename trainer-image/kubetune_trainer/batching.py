@@ -24,7 +24,7 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-IGNORE = -100
+IGNORE = -100  # the label of a position the loss skips (an unanswered or padded token), as in PyTorch
 MEGA_BATCH = 50  # length grouping sorts at most this many micro-batches' examples together (as HF's sampler)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path, PurePosixPath
 
 from kubetune_api.spec import overlap_errors
 
+from .batching import IGNORE
 from .errors import ConfigError, NotFound
 
 SAFE_WEIGHTS = (".safetensors",)
 PICKLE_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-IGNORE = -100
 
 
 def check_output(spec, storage, artifact_root: str) -> None:

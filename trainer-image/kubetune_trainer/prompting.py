@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from .batching import IGNORE
 from .data import Example
 from .errors import ConfigError, DataError
 
@@ -30,7 +31,6 @@ ALPACA = (
     "Below is an instruction that describes a task{with_input}. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{instruction}\n\n{input_block}### Response:\n"
 )
-IGNORE = -100
 TOOLS_PREAMBLE = (
     "You can call the tools described by the JSON schemas inside <tools></tools>:\n<tools>\n{tools}\n</tools>\n"
     "To call a tool, reply with a JSON object holding its name and arguments inside <tool_call></tool_call>:\n"
