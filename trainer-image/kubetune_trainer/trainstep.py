@@ -68,7 +68,7 @@ def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
         for share, ids in zip(shares, balanced_shards([len(enc[i].input_ids) for i in mb], world), strict=True):
             if sum(answers[mb[j]] for j in ids):  # else every answer truncated away: nothing to learn
                 share += forward_passes(recipe, [enc[mb[j]] for j in ids])
-    parts, step_loss, tokens = shares[dist.rank], 0.0, 0
+    parts, step_loss, tokens = shares[dist.rank], torch.zeros((), device=recipe.device), 0
     # Every rank runs as many passes as the busiest (FSDP's forwards are collectives; DDP needs a backward
     # on every rank); a rank's extra passes have weight 0.
     count = max(1, *map(len, shares)) if dist.distributed else len(parts)
@@ -81,10 +81,10 @@ def train_step(recipe, micro_batches: list[list[int]]) -> tuple[float, bool]:
                                           **recipe.loss_options)
             # DDP and FSDP average the ranks' gradients: x world makes that their sum, the step's gradient
             recipe.scaler.scale(loss_sum * (world / total_tokens if part else 0.0)).backward()
-        if part:
-            step_loss += loss_sum.item() / total_tokens
+        if part:  # kept on the device: reading it here would make the host wait for every pass
+            step_loss += loss_sum.detach().float() / total_tokens
             tokens += sum(len(e.input_ids) for e in part)
-    step_loss, tokens, stops = dist.sum([step_loss, tokens, float(recipe.stop.requested)])
+    step_loss, tokens, stops = dist.sum([step_loss.item(), tokens, float(recipe.stop.requested)])
     recipe.last_step_tokens = int(tokens)
     recipe.train_tokens += recipe.last_step_tokens
     recipe.scaler.unscale_(recipe.optimizer)
