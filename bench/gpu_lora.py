@@ -1,5 +1,5 @@
 """GPU (issue 18): the trainer's own step, LoRA bf16 and QLoRA nf4, on a random-init 7B-shaped Llama, against
-Hugging Face Trainer + PEFT on the same shape and data.
+Hugging Face Trainer + PEFT and TRL's SFTTrainer on the same shape and data.
 
     python bench/gpu_lora.py --json gpu.json              # on a CUDA machine: every arm below (~5 minutes)
     .venv/bin/python bench/gpu_lora.py --shape tiny --seq 256 --matmul 512   # anywhere: checks the script
@@ -36,6 +36,9 @@ Per workload: real (non-padding) tokens/s, MFU against the measured bf16 matmul 
 same for every arm: the frozen linear layers forward and input-gradient (4 per weight and token; the output
 layer only where an answer is predicted), causal attention (2 x S x d per token and layer forward, twice
 that backward) and 6 per adapter weight and token. The 6N column is the full-training convention.
+
+On a freshly started H200 machine every arm ran 20-25% slower for the first two to three minutes
+(docs/performance.md, seventh session): compare arms run after that, or repeat the first arm at the end.
 """
 
 from __future__ import annotations
