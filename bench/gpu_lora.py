@@ -65,7 +65,8 @@ SHAPES = {
 ARMS = ("ours-lora", "hf-lora", "trl-lora", "qlora-grads", "ours-qlora", "hf-qlora")
 # Also runnable, ours with a lever off by a suffix (ours-lora-whole-nochunk, ...): -whole, Levers.pass_tokens
 # None (each micro-batch in one forward pass, as HF runs it; the default splits it at half its padded tokens
-# to bound memory); -nochunk, Levers.chunked_head False.
+# to bound memory); -nochunk, Levers.chunked_head False; -packed, training.packing in random order (no
+# length grouping: grouped steps cost held-out loss, docs/performance.md, seventh session).
 LORA = {"r": 16, "alpha": 32}  # the job's defaults (dropout 0, all linear layers)
 SFT_BATCH, SFT_ANSWER = 8, 0.3
 
@@ -216,8 +217,14 @@ def levers(arm: str):
     """The trainer's levers for an ours arm: the defaults, less those its name's suffixes turn off."""
     from kubetune_trainer.recipe import Levers
 
-    off = {"whole": {"pass_tokens": None}, "nochunk": {"chunked_head": False}}
+    off = {"whole": {"pass_tokens": None}, "nochunk": {"chunked_head": False}, "packed": {"group_by_length": False}}
     return Levers(**{k: v for suffix in arm.split("-")[2:] for k, v in off[suffix].items()})
+
+
+def packed(arm: str) -> bool:
+    """Whether an ours arm packs its passes (training.packing: rows of whole examples with per-example
+    position ids, in random order), by its -packed suffix."""
+    return "packed" in arm.split("-")[2:]
 
 
 def run_ours(model, batch: int, examples: list, args) -> tuple[float, list, dict]:
@@ -237,7 +244,8 @@ def run_ours(model, batch: int, examples: list, args) -> tuple[float, list, dict
         model=model, train_model=model, train_encoded=examples, dist=ProcessGroup(),
         levers=levers(args.worker),
         device=device(), dtype=dtype, sharding="ddp", tokenizer=SimpleNamespace(pad_token_id=0),
-        spec=SimpleNamespace(training=SimpleNamespace(max_grad_norm=1.0, packing=False, gradient_checkpointing=False),
+        spec=SimpleNamespace(training=SimpleNamespace(max_grad_norm=1.0, packing=packed(args.worker),
+                                                      gradient_checkpointing=False),
                              dataset=SimpleNamespace(max_seq_length=args.seq)),
         stop=SimpleNamespace(requested=False), train_tokens=0, last_step_tokens=0, last_grad_norm=0.0,
         scaler=torch.amp.GradScaler(device(), enabled=False), scheduler=SimpleNamespace(step=lambda: None))
@@ -248,7 +256,7 @@ def run_ours(model, batch: int, examples: list, args) -> tuple[float, list, dict
     recipe.pass_budget = trainstep.pass_budget(recipe.levers.pass_tokens, batch, args.seq)
     recipe.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     schedule = Schedule(len(examples), batch, 1, 0, max_steps=len(examples) // batch,
-                        lengths=[len(e.input_ids) for e in examples], group_by_length=True)
+                        lengths=[len(e.input_ids) for e in examples], group_by_length=recipe.levers.group_by_length)
     synchronize()
     start, timed = time.perf_counter(), []
     for step in schedule.steps():
