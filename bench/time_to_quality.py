@@ -3,6 +3,7 @@ with a minimal manifest against the plain Hugging Face Trainer script a user wou
 
     .venv/bin/python bench/time_to_quality.py                      # both tasks, both arms
     .venv/bin/python bench/time_to_quality.py --tasks sku --json ttq.json
+    .venv/bin/python bench/time_to_quality.py --tasks sku --no-hf --ours-set training.packing=false   # one field set
 
 Tasks (SmolLM2-135M-Instruct, bundled://smollm2-135m-instruct, fp32 on CPU):
 
@@ -51,12 +52,20 @@ TASKS = {
 }
 
 
-def minimal_manifest(task: dict, out: Path) -> dict:
-    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ttq"},
+def minimal_manifest(task: dict, out: Path, overrides: dict | None = None) -> dict:
+    """The manifest a new user writes; `overrides` ({"training.packing": False}) sets fields on top of it."""
+    manifest = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ttq"},
             "spec": {"model": {"uri": MODEL},
                      "dataset": {"train": {"uri": str(task["data"] / "train.jsonl")}, "schema": "alpaca",
                                  "systemPrompt": task["system"], "maxSeqLength": task["maxSeqLength"]},
                      "output": {"uri": str(out)}}}
+    for path, value in (overrides or {}).items():
+        parent = manifest["spec"]
+        *parents, leaf = path.split(".")
+        for key in parents:
+            parent = parent.setdefault(key, {})
+        parent[leaf] = value
+    return manifest
 
 
 # ---- the baseline script, in its own process -------------------------------------------------------------
@@ -149,12 +158,13 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
     return time.monotonic() - started, cpu, proc.stdout
 
 
-def run_task(name: str, work: Path, baseline_epochs: list[float], with_ours: bool = True) -> list[dict]:
+def run_task(name: str, work: Path, baseline_epochs: list[float], with_ours: bool = True,
+             overrides: dict | None = None) -> list[dict]:
     task, rows = TASKS[name], []
     for epochs in baseline_epochs:
         rows += hf_rows(name, work, epochs)
     if with_ours:
-        rows.insert(0, ours_row(name, work))
+        rows.insert(0, ours_row(name, work, overrides))
     for row in rows:
         _, _, stdout = timed([sys.executable, __file__, "--worker", "score", "--tasks", name, "--out", row["adapter"]])
         row["metric"], row["score"] = task["metric"], json.loads(stdout.splitlines()[-1])[task["metric"]]
@@ -163,20 +173,21 @@ def run_task(name: str, work: Path, baseline_epochs: list[float], with_ours: boo
     return rows
 
 
-def ours_row(name: str, work: Path) -> dict:
-    """`kubetune run` of the minimal manifest, the real command line."""
+def ours_row(name: str, work: Path, overrides: dict | None = None) -> dict:
+    """`kubetune run` of the minimal manifest (with `overrides` set), the real command line."""
     task = TASKS[name]
     out = work / name / "ours"
     manifest = work / name / "ttq.yaml"
     manifest.parent.mkdir(parents=True, exist_ok=True)
-    manifest.write_text(yaml.safe_dump(minimal_manifest(task, out)))
+    manifest.write_text(yaml.safe_dump(minimal_manifest(task, out, overrides)))
     seconds, cpu, _ = timed([sys.executable, "-m", "kubetune_trainer", "run", str(manifest)])
     root = next(out.glob("*/ttq/*/"))
     metrics = json.loads((root / "metrics.json").read_text())
     row = {"task": name, "arm": "ours", "wall_s": seconds, "cpu_s": cpu, "adapter": str(root / "adapter"),
            "train_s": metrics["training"]["seconds"], "steps": metrics["training"]["steps"],
            "stop": metrics["training"]["stopReason"], "best_step": metrics["training"]["bestStep"],
-           "lr": metrics["training"].get("learningRate")}
+           "lr": metrics["training"].get("learningRate"),
+           "set": ", ".join(f"{k}={json.dumps(v)}" for k, v in (overrides or {}).items())}
     print(f"  {name} ours: {seconds:.0f} s wall, {row['steps']} steps, stopped: {row['stop']}", flush=True)
     return row
 
@@ -201,6 +212,9 @@ def main() -> None:
     parser.add_argument("--baseline-epochs", default="1,3",
                         help="epochs of the HF script, one arm each (1: the issue's script; 3: TrainingArguments' default)")
     parser.add_argument("--no-ours", action="store_true", help="run only the HF script's arms")
+    parser.add_argument("--no-hf", action="store_true", help="run only ours")
+    parser.add_argument("--ours-set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="set a spec field of ours' manifest (camelCase path below spec, YAML value); repeatable")
     parser.add_argument("--epochs", type=float, default=1.0, help=argparse.SUPPRESS)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -213,16 +227,18 @@ def main() -> None:
         return None
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs; load "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    overrides = {key: yaml.safe_load(value) for key, _, value in (s.partition("=") for s in args.ours_set)}
+    baseline_epochs = [] if args.no_hf else [float(e) for e in args.baseline_epochs.split(",")]
     results = []
     with tempfile.TemporaryDirectory(prefix="ttq-") as work:
         for name in args.tasks.split(","):
-            results += run_task(name, Path(work), [float(e) for e in args.baseline_epochs.split(",")], not args.no_ours)
+            results += run_task(name, Path(work), baseline_epochs, not args.no_ours, overrides)
     print("\n| task | arm | wall s | CPU s | metric | score | ours / this (wall) | ours / this (CPU) | notes |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ours = next((o for o in results if o["task"] == r["task"] and o["arm"] == "ours"), None)
         notes = (f"{r['steps']} steps, {r['stop']}, best step {r['best_step']}, training {r['train_s']} s, "
-                 f"lr {r['lr']:.2e}") if r["arm"] == "ours" else f"{r['epochs']:g} epoch(s), lr 1e-3, r 8 q/k/v/o"
+                 f"lr {r['lr']:.2e}{'; ' + r['set'] if r['set'] else ''}") if r["arm"] == "ours" else f"{r['epochs']:g} epoch(s), lr 1e-3, r 8 q/k/v/o"
         print(f"| {r['task']} | {r['arm']} | {r['wall_s']:.0f} | {_num(r['cpu_s'], '.0f')} | {r['metric']} "
               f"| {r['score']:.4f} | {_num(ours and ours['wall_s'] / r['wall_s'], '.2f')} "
               f"| {_num(ours and r['cpu_s'] and ours['cpu_s'] / r['cpu_s'], '.2f')} | {notes} |")
