@@ -241,6 +241,50 @@ def test_forward_passes_stay_within_the_token_budget(packed):
     assert all(sum(lengths[i] for i in row) <= 512 for row in rows)
 
 
+def partitions(items: list) -> list[list[list]]:
+    """Every way to split `items` into non-empty groups."""
+    if not items:
+        return [[]]
+    first, rest = items[0], items[1:]
+    out = []
+    for part in partitions(rest):
+        out.append([[first], *part])
+        out += [[*part[:k], [first, *part[k]], *part[k + 1:]] for k in range(len(part))]
+    return out
+
+
+def split_cost(split: list[list[int]], lengths: list[int], overhead: int) -> int:
+    return sum(len(p) * max(lengths[i] for i in p) + overhead for p in split)
+
+
+def fits(split: list[list[int]], lengths: list[int], budget: int) -> bool:
+    return all(len(p) == 1 or len(p) * max(lengths[i] for i in p) <= budget for p in split)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_passes_cut_by_length_are_the_cheapest_split_within_the_budget(seed):
+    """With a per-pass overhead the split is the cheapest of every possible one (padded tokens plus the
+    overhead per pass), within the budget, longest first; and never dearer than as few passes as fit."""
+    rng = random.Random(seed)
+    for _ in range(15):
+        lengths = [rng.randint(5, 500) for _ in range(rng.randint(1, 7))]
+        budget, overhead = rng.choice([600, 1024, 4000]), rng.choice([0, 16, 128, 100_000])
+        split = passes(lengths, budget, False, overhead)
+        assert sorted(i for p in split for i in p) == list(range(len(lengths))) and fits(split, lengths, budget)
+        assert [lengths[p[0]] for p in split] == sorted((lengths[p[0]] for p in split), reverse=True)
+        every = [s for s in partitions(list(range(len(lengths)))) if fits(s, lengths, budget)]
+        assert split_cost(split, lengths, overhead) == min(split_cost(s, lengths, overhead) for s in every)
+        assert split_cost(split, lengths, overhead) <= split_cost(passes(lengths, budget, False), lengths, overhead)
+
+
+def test_a_random_micro_batch_cut_by_length_pads_less():
+    lengths = [494, 60, 75, 310, 88, 52, 190, 70]  # a random draw of support-like lengths
+    greedy, cut = passes(lengths, 2048, False), passes(lengths, 2048, False, overhead=64)
+    # as few passes as fit: 4 rows as wide as 494, then 4 of 75
+    assert split_cost(greedy, lengths, 0) == 4 * 494 + 4 * 75
+    assert split_cost(cut, lengths, 0) <= 1.1 * sum(lengths) < 0.7 * split_cost(greedy, lengths, 0) and len(cut) == 4
+
+
 def run_steps(tiny_model, tmp_path, name: str, levers: Levers, dataset: dict | None = None,
               shares: bool | None = None, chunks: bool | None = None, **training) -> list[float]:
     train = write_jsonl(tmp_path / "train.jsonl", sku_rows())
@@ -274,10 +318,12 @@ def test_a_job_with_the_chunked_output_layer_trains_the_same(tiny_model, tmp_pat
 
 
 def test_packing_and_split_passes_train_like_one_padded_pass_per_micro_batch(tiny_model, tmp_path):
-    reference = run_steps(tiny_model, tmp_path, "padded", Levers(group_by_length=False, pass_tokens=None))
+    reference = run_steps(tiny_model, tmp_path, "padded", Levers(pass_tokens=None))
     packed = run_steps(tiny_model, tmp_path, "packed", Levers(pass_tokens=None), shares=False, packing=True)
-    split = run_steps(tiny_model, tmp_path, "split", Levers(group_by_length=False, pass_tokens=0.01))
+    split = run_steps(tiny_model, tmp_path, "split", Levers(pass_tokens=0.01, pass_overhead=None))
+    cut = run_steps(tiny_model, tmp_path, "cut", Levers(pass_tokens=0.5, pass_overhead=0.0))  # a pass per length
     assert len(reference) == 4 and reference[-1] < reference[0]
     assert packed == pytest.approx(reference, rel=1e-4)
     assert split == pytest.approx(reference, rel=1e-4)
+    assert cut == pytest.approx(reference, rel=1e-4)
 

@@ -6,8 +6,8 @@ batches that an uninterrupted run would have seen from the same step on.
 Examples reach the model in one of three layouts, none of which changes what a step learns (each step's
 loss is the mean over the answer tokens of its examples):
 
-* padded: one row per example, padded to the longest in its micro-batch. With length grouping (the
-  default) the examples of a step have similar lengths, so little of each batch is padding.
+* padded: one row per example, padded to the longest of its forward pass. The examples of a step come in
+  random order; the step's passes are cut by length (`passes`), so little of each pass is padding.
 * packed (`training.packing`): a micro-batch's examples laid end to end in a few rows, each example with
   its own position ids from 0, which transformers turns into a block-diagonal causal mask (no attention
   across examples). Almost no padding, whatever the lengths.
@@ -90,12 +90,20 @@ class Schedule:
             yield Step(number, epoch + (within + 1) / self.steps_per_epoch, cached[1][within])
 
 
-def passes(lengths: list[int], budget: int, packed: bool) -> list[list[int]]:
+def passes(lengths: list[int], budget: int, packed: bool, overhead: int | None = None) -> list[list[int]]:
     """A micro-batch (its examples' lengths) split into forward passes of at most `budget` tokens, padding
     included (`packed`: their sum, as packed rows carry almost no padding), longest first. An example longer
-    than the budget gets a pass of its own. The step's loss does not depend on the split."""
+    than the budget gets a pass of its own. The step's loss does not depend on the split.
+
+    With `overhead` (what starting one more pass costs, in tokens) padded passes are cut where that saves
+    more padding than it costs: the split with the fewest padded tokens plus `overhead` per pass. A step of
+    examples in random order then costs about what a length-grouped one does. Without it (and for packed
+    passes, or micro-batches of more than EXACT_SPLIT examples): as few passes as the budget allows."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    if overhead is not None and not packed and len(order) <= EXACT_SPLIT:
+        return _least_padding([lengths[i] for i in order], budget, overhead, order)
     out: list[list[int]] = []
-    for i in sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True):
+    for i in order:
         if out:
             current = out[-1]  # its first example is its longest
             size = sum(lengths[j] for j in current) + lengths[i] if packed else (len(current) + 1) * lengths[current[0]]
@@ -104,6 +112,29 @@ def passes(lengths: list[int], budget: int, packed: bool) -> list[list[int]]:
                 continue
         out.append([i])
     return out
+
+
+EXACT_SPLIT = 512  # examples; a larger micro-batch keeps the greedy split (the search is quadratic)
+
+
+def _least_padding(longest_first: list[int], budget: int, overhead: int, order: list[int]) -> list[list[int]]:
+    """`order` (the examples, longest first, with lengths `longest_first`) cut into runs that minimise the
+    padded tokens plus `overhead` per run, each run within `budget` unless it is one example. Runs of
+    neighbours in length order are enough: a pass is as wide as its longest example."""
+    n = len(order)
+    cost, cut = [0] + [math.inf] * n, [0] * (n + 1)
+    for end in range(1, n + 1):
+        for first in range(end - 1, -1, -1):  # the run order[first:end], as wide as order[first]
+            size = (end - first) * longest_first[first]
+            if size > budget and end - first > 1:
+                break  # wider and longer from here on
+            if cost[first] + size + overhead < cost[end]:
+                cost[end], cut[end] = cost[first] + size + overhead, first
+    runs, end = [], n
+    while end:
+        runs.append(order[cut[end]:end])
+        end = cut[end]
+    return runs[::-1]
 
 
 def shifted_targets(labels: list[int]) -> list[int]:

@@ -55,12 +55,18 @@ class Levers:
     benchmark (bench/trainer_throughput.py) turns them off one at a time to measure each.
 
     group_by_length: micro-batches hold examples of similar length, so padded batches are mostly real
-        tokens (not with training.packing, which needs no grouping).
+        tokens (not with training.packing, which needs no grouping). Off by default: where length goes
+        with the kind of example, each step then sees one kind, and the held-out loss after an epoch is
+        worse (docs/performance.md, seventh session); `pass_overhead` recovers most of the speed instead.
     answer_logits_only: vocabulary logits only where an answer token is predicted (see loss.py).
     pass_tokens: a forward pass holds at most this fraction of batchSize x maxSeqLength tokens (but always
         one whole example); longer micro-batches are split, which bounds the activation memory at that
         fraction of what the same batch padded to maxSeqLength needs. The loss does not change. None: one
         pass per micro-batch.
+    pass_overhead: what one more forward pass costs, as a fraction of the pass budget: a micro-batch's
+        padded passes are cut by length where that saves more padding than it costs (batching.passes), so
+        a step of examples in random order pads about as little as a length-grouped one. None: as few
+        passes as the budget allows.
     pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
     shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
         for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
@@ -70,9 +76,10 @@ class Levers:
         loss both ways (trainstep.chunks_head).
     """
 
-    group_by_length: bool = True
+    group_by_length: bool = False
     answer_logits_only: bool = True
     pass_tokens: float | None = 0.5
+    pass_overhead: float | None = 1 / 32
     pad_to_max_length: bool = False
     shared_prefix: bool = True
     chunked_head: bool = True
