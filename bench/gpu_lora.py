@@ -17,8 +17,8 @@ different amount of padding):
 
 Arms:
 * ours-lora: the trainer's `attach_adapter` (the job defaults: r 16, alpha 32, all linear layers, no
-  dropout) on a bf16 base, and its own `trainstep.train_step` (length-grouped `Schedule`, passes of at most
-  half the micro-batch's padded tokens, answer-only chunked loss where its start-up check passes, bf16
+  dropout) on a bf16 base, and its own `trainstep.train_step` (random-order `Schedule`, passes cut by length
+  within half the micro-batch's padded tokens, answer-only chunked loss where its start-up check passes, bf16
   autocast, clipping, AdamW) through a minimal recipe object;
 * hf-lora: transformers.Trainer + peft.get_peft_model, same LoRA config, bf16=True, DataCollatorForSeq2Seq
   (padding to the longest example, labels -100) and group_by_length: what the transformers/PEFT docs give;
@@ -65,8 +65,9 @@ SHAPES = {
 ARMS = ("ours-lora", "hf-lora", "trl-lora", "qlora-grads", "ours-qlora", "hf-qlora")
 # Also runnable, ours with a lever off by a suffix (ours-lora-whole-nochunk, ...): -whole, Levers.pass_tokens
 # None (each micro-batch in one forward pass, as HF runs it; the default splits it at half its padded tokens
-# to bound memory); -nochunk, Levers.chunked_head False; -packed, training.packing in random order (no
-# length grouping: grouped steps cost held-out loss, docs/performance.md, seventh session).
+# to bound memory); -nochunk, Levers.chunked_head False; -packed, training.packing; -grouped, length-grouped
+# micro-batches with passes as few as fit (the default until the eighth session: grouped steps cost held-out
+# loss, docs/performance.md, seventh session).
 LORA = {"r": 16, "alpha": 32}  # the job's defaults (dropout 0, all linear layers)
 SFT_BATCH, SFT_ANSWER = 8, 0.3
 
@@ -214,16 +215,17 @@ def adapted(model, ours: bool, kind: str):
 
 # ---- the two training loops ---------------------------------------------------------------------------
 def levers(arm: str):
-    """The trainer's levers for an ours arm: the defaults, less those its name's suffixes turn off."""
+    """The trainer's levers for an ours arm: the defaults, changed by its name's suffixes."""
     from kubetune_trainer.recipe import Levers
 
-    off = {"whole": {"pass_tokens": None}, "nochunk": {"chunked_head": False}, "packed": {"group_by_length": False}}
-    return Levers(**{k: v for suffix in arm.split("-")[2:] for k, v in off[suffix].items()})
+    change = {"whole": {"pass_tokens": None}, "nochunk": {"chunked_head": False}, "packed": {},
+              "grouped": {"group_by_length": True, "pass_overhead": None}}
+    return Levers(**{k: v for suffix in arm.split("-")[2:] for k, v in change[suffix].items()})
 
 
 def packed(arm: str) -> bool:
     """Whether an ours arm packs its passes (training.packing: rows of whole examples with per-example
-    position ids, in random order), by its -packed suffix."""
+    position ids), by its -packed suffix."""
     return "packed" in arm.split("-")[2:]
 
 

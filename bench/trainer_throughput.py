@@ -65,10 +65,10 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "grouped": ("dynamic + length-grouped micro-batches", {**NAIVE, "group_by_length": True}, {}),
     "packed": ("packing (position ids, block-diagonal mask), random order", NAIVE, {"packing": True}),
     "answer-logits": ("dynamic + answer-only logits", {**NAIVE, "answer_logits_only": True}, {}),
-    "grouped+answer": ("grouped + answer-only logits", {"pass_tokens": None, "shared_prefix": False,
-                                                        "chunked_head": False}, {}),
-    "ours": ("grouped + answer-only logits + passes <= 1/2 batch x 512 tokens + shared prefix once + chunked "
-             "output layer and loss (default)", {}, {}),
+    "grouped+answer": ("grouped + answer-only logits", {"group_by_length": True, "pass_tokens": None,
+                                                        "shared_prefix": False, "chunked_head": False}, {}),
+    "ours": ("random order + answer-only logits + passes <= 1/2 batch x 512 tokens, cut by length + shared "
+             "prefix once + chunked output layer and loss (default)", {}, {}),
     "ours-no-chunk": ("the default without the chunked output layer and loss", {"chunked_head": False}, {}),
     "ours-no-prefix": ("the default without running the shared prompt prefix once per pass",
                        {"shared_prefix": False}, {}),
@@ -76,7 +76,9 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "ours+bf16": ("default + precision bf16 (bf16 weights, autocast)", {}, {"precision": "bf16"}),
     "ours+gc": ("default + gradient checkpointing", {}, {"gradientCheckpointing": True}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
-    "ours-random": ("default without length grouping (random order)", {"group_by_length": False}, {}),
+    "ours-grouped": ("length-grouped, passes as few as fit (the default until the eighth session)",
+                     {"group_by_length": True, "pass_overhead": None}, {}),
+    "ours-greedy": ("the default with passes as few as fit (not cut by length)", {"pass_overhead": None}, {}),
 }
 BASELINES = ("hf-dynamic", "trl-sft", "trl-sft-padded")  # what a user would pick instead; ratios are against the faster one
 # glibc raises its mmap threshold as large blocks are freed and then keeps freed memory in the heap: peak RSS
@@ -90,7 +92,7 @@ PRESETS = {
     "levers2": ["hf-naive", "ours", "packed+answer", "ours+bf16", "ours+gc"],
     "layout": ["ours", "packed+answer"],  # grouping or packing, over half an epoch (--steps 25)
     # held-out loss after a whole epoch (--steps 50): length-grouped steps cost 0.08-0.10 on this data
-    "order": ["trl-sft", "ours", "ours-seed43", "ours-random", "packed+answer"],
+    "order": ["trl-sft", "ours", "ours-seed43", "ours-grouped", "ours-greedy", "packed+answer"],
 }
 
 

@@ -12,10 +12,10 @@ import pytest
 from .conftest import REPO
 
 
-@pytest.mark.slow  # ~2 minutes: five processes each import torch, transformers and peft
+@pytest.mark.slow  # ~2 minutes: six processes each import torch, transformers and peft
 def test_the_gpu_benchmark_trains_ours_and_both_baselines_on_the_same_tokens_and_checks_qlora(tmp_path):
     out = tmp_path / "gpu.json"
-    arms = ("ours-lora", "hf-lora", "trl-lora", "ours-lora-packed")
+    arms = ("ours-lora", "hf-lora", "trl-lora", "ours-lora-packed", "ours-lora-grouped")
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu_lora.py"), "--shape", "tiny", "--seq", "64", "--steps", "2",
          "--warmup", "1", "--matmul", "256", "--workloads", "fullseq,sft", "--arms", ",".join((*arms, "qlora-grads")),
