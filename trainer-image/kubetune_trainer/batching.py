@@ -101,7 +101,7 @@ def passes(lengths: list[int], budget: int, packed: bool, overhead: int | None =
     passes, or micro-batches of more than EXACT_SPLIT examples): as few passes as the budget allows."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     if overhead is not None and not packed and len(order) <= EXACT_SPLIT:
-        return _least_padding([lengths[i] for i in order], budget, overhead, order)
+        return _least_padding(lengths, order, budget, overhead)
     out: list[list[int]] = []
     for i in order:
         if out:
@@ -117,15 +117,15 @@ def passes(lengths: list[int], budget: int, packed: bool, overhead: int | None =
 EXACT_SPLIT = 512  # examples; a larger micro-batch keeps the greedy split (the search is quadratic)
 
 
-def _least_padding(longest_first: list[int], budget: int, overhead: int, order: list[int]) -> list[list[int]]:
-    """`order` (the examples, longest first, with lengths `longest_first`) cut into runs that minimise the
-    padded tokens plus `overhead` per run, each run within `budget` unless it is one example. Runs of
-    neighbours in length order are enough: a pass is as wide as its longest example."""
+def _least_padding(lengths: list[int], order: list[int], budget: int, overhead: int) -> list[list[int]]:
+    """`order` (example indices, longest first) cut into runs that minimise the padded tokens plus
+    `overhead` per run, each run within `budget` unless it is one example. Runs of neighbours in length
+    order are enough: a pass is as wide as its longest example."""
     n = len(order)
     cost, cut = [0] + [math.inf] * n, [0] * (n + 1)
     for end in range(1, n + 1):
         for first in range(end - 1, -1, -1):  # the run order[first:end], as wide as order[first]
-            size = (end - first) * longest_first[first]
+            size = (end - first) * lengths[order[first]]
             if size > budget and end - first > 1:
                 break  # wider and longer from here on
             if cost[first] + size + overhead < cost[end]:
