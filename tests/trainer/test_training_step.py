@@ -321,7 +321,7 @@ def test_packing_and_split_passes_train_like_one_padded_pass_per_micro_batch(tin
     reference = run_steps(tiny_model, tmp_path, "padded", Levers(pass_tokens=None))
     packed = run_steps(tiny_model, tmp_path, "packed", Levers(pass_tokens=None), shares=False, packing=True)
     split = run_steps(tiny_model, tmp_path, "split", Levers(pass_tokens=0.01, pass_overhead=None))
-    cut = run_steps(tiny_model, tmp_path, "cut", Levers(pass_tokens=0.5, pass_overhead=0.0))  # a pass per length
+    cut = run_steps(tiny_model, tmp_path, "cut", Levers(pass_tokens=0.5, pass_overhead=0))  # a pass per length
     assert len(reference) == 4 and reference[-1] < reference[0]
     assert packed == pytest.approx(reference, rel=1e-4)
     assert split == pytest.approx(reference, rel=1e-4)

@@ -63,10 +63,12 @@ class Levers:
         one whole example); longer micro-batches are split, which bounds the activation memory at that
         fraction of what the same batch padded to maxSeqLength needs. The loss does not change. None: one
         pass per micro-batch.
-    pass_overhead: what one more forward pass costs, as a fraction of the pass budget: a micro-batch's
-        padded passes are cut by length where that saves more padding than it costs (batching.passes), so
-        a step of examples in random order pads about as little as a length-grouped one. None: as few
-        passes as the budget allows.
+    pass_overhead: what one more forward pass costs, in tokens: a micro-batch's padded passes are cut by
+        length where that saves more padding than this (batching.passes), so a step of examples in random
+        order pads about as little as a length-grouped one. On CPU a pass of SmolLM2-135M costs 0.7-1 s
+        beyond its tokens, 80-110 tokens' worth (docs/performance.md, eighth session); on a GPU a pass's
+        weight reads and kernel launches come to about as many of a 7B's tokens. None: as few passes as
+        the budget allows.
     pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
     shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
         for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
@@ -79,7 +81,7 @@ class Levers:
     group_by_length: bool = False
     answer_logits_only: bool = True
     pass_tokens: float | None = 0.5
-    pass_overhead: float | None = 1 / 32
+    pass_overhead: int | None = 128
     pad_to_max_length: bool = False
     shared_prefix: bool = True
     chunked_head: bool = True

@@ -101,9 +101,8 @@ def forward_passes(recipe, group: list[Encoded]) -> list[list[Encoded]]:
     """A rank's share of one micro-batch as forward passes within the pass budget (batching.passes)."""
     if recipe.pass_budget is None or recipe.levers.pad_to_max_length:
         return [group]
-    fraction = recipe.levers.pass_overhead
-    overhead = None if fraction is None else int(fraction * recipe.pass_budget)
-    split = passes([len(e.input_ids) for e in group], recipe.pass_budget, recipe.spec.training.packing, overhead)
+    split = passes([len(e.input_ids) for e in group], recipe.pass_budget, recipe.spec.training.packing,
+                   recipe.levers.pass_overhead)
     return [[group[i] for i in part] for part in split]
 
 
