@@ -97,7 +97,7 @@ def passes(lengths: list[int], budget: int, packed: bool, overhead: int | None =
 
     With `overhead` (what starting one more pass costs, in tokens) padded passes are cut where that saves
     more padding than it costs: the split with the fewest padded tokens plus `overhead` per pass. A step of
-    examples in random order then costs about what a length-grouped one does. Without it (and for packed
+    examples in random order then pads about as little as a length-grouped one. Without it (and for packed
     passes, or micro-batches of more than EXACT_SPLIT examples): as few passes as the budget allows."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     if overhead is not None and not packed and len(order) <= EXACT_SPLIT:

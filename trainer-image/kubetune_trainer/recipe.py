@@ -57,7 +57,7 @@ class Levers:
     group_by_length: micro-batches hold examples of similar length, so padded batches are mostly real
         tokens (not with training.packing, which needs no grouping). Off by default: where length goes
         with the kind of example, each step then sees one kind, and the held-out loss after an epoch is
-        worse (docs/performance.md, seventh session); `pass_overhead` recovers most of the speed instead.
+        worse (docs/performance.md, seventh session); `pass_overhead` keeps the padding down instead.
     answer_logits_only: vocabulary logits only where an answer token is predicted (see loss.py).
     pass_tokens: a forward pass holds at most this fraction of batchSize x maxSeqLength tokens (but always
         one whole example); longer micro-batches are split, which bounds the activation memory at that
@@ -67,8 +67,8 @@ class Levers:
         length where that saves more padding than this (batching.passes), so a step of examples in random
         order pads about as little as a length-grouped one. On CPU a pass of SmolLM2-135M costs 0.7-1 s
         beyond its tokens, 80-110 tokens' worth (docs/performance.md, eighth session); on a GPU a pass's
-        weight reads and kernel launches come to about as many of a 7B's tokens. None: as few passes as
-        the budget allows.
+        weight reads and kernel launches are estimated at about as many of a 7B's tokens (not measured).
+        None: as few passes as the budget allows.
     pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
     shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
         for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
