@@ -11,7 +11,7 @@ def score_held_out(recipe, batch: int) -> tuple[dict, list[dict]]:
     """(results, predictions) for a trained recipe: {"tuned", "base", "gate", "regression", "gatePassed",
     "gateMessage"} and one {"prompt", "reference", "base", "tuned"} per scored example."""
     ev = recipe.spec.evaluation
-    tuned = loss_scores(_loss(recipe, batch), ev.metrics)
+    tuned = loss_scores(_tuned_loss(recipe, batch), ev.metrics)
     recipe.log.append({"event": "eval", "step": recipe.best_step, **tuned})
     samples = recipe.eval_set[: ev.max_samples]
     refs = [recipe.formatter.reference(e) for e in samples]
@@ -26,6 +26,15 @@ def score_held_out(recipe, batch: int) -> tuple[dict, list[dict]]:
     predictions = [{"prompt": e.user_text, "reference": r, "base": b, "tuned": t}
                    for e, r, b, t in zip(samples, refs, base_out, tuned_out, strict=True)]
     return {"tuned": tuned, "base": base, **_verdicts(recipe, tuned, batch)}, predictions
+
+
+def _tuned_loss(recipe, batch: int) -> float:
+    """The kept adapter's held-out loss: early stopping's when it watched every held-out example (it evaluated
+    this very adapter, with the same batches), else computed now."""
+    watch = recipe.watch
+    if watch is not None and watch.best_step == recipe.best_step and len(watch.subset) == len(recipe.eval_encoded):
+        return watch.best_loss
+    return _loss(recipe, batch)
 
 
 def _loss(recipe, batch: int) -> float:
