@@ -347,7 +347,8 @@ class EarlyStoppingSpec(ApiModel):
     min_delta: float = Field(
         default=0.01, ge=0,
         description="How much the eval loss must fall below the best so far to count as an improvement "
-        "(early_stopping_threshold), in nats per answer token. Default: 0.01.",
+        "(early_stopping_threshold), in nats per answer token; once the best is at most minDelta, nothing can "
+        "count, and training stops there. Default: 0.01.",
     )
     max_epochs: float = Field(
         default=3.0, gt=0, le=1000,

@@ -117,3 +117,33 @@ def test_a_resumed_attempt_keeps_the_patience_count_and_the_best_adapter(tmp_pat
     resumed.record(5, 1.1, dict)
     assert resumed.stop, "stops where an uninterrupted run would: the third evaluation without improvement"
     assert torch.equal(resumed.best_state["w"], torch.full((2,), 2.0)), "the kept adapter is still step 2's"
+
+
+def test_a_loss_within_min_delta_of_zero_stops_at_once_as_nothing_can_improve_on_it():
+    # The SKU job's held-out losses (bench/time_to_quality.py): from step 36 no evaluation can beat the best by
+    # more than minDelta 0.01; before this rule the run waited out its patience (two more evaluations).
+    from kubetune_api.spec import EarlyStoppingSpec
+    from kubetune_trainer.early_stopping import EarlyStopping
+
+    def stops_after(losses: list[float], **spec) -> int | None:
+        watch = EarlyStopping(EarlyStoppingSpec(evalSteps=9, **spec), 34, [object()] * 30)
+        for n, loss in enumerate(losses, 1):
+            watch.record(9 * n, loss, dict)
+            if watch.stop:
+                return 9 * n
+        return None
+
+    sku = [1.306, 0.2476, 0.01506, 0.0065, 0.0033]
+    assert stops_after(sku) == 36, "the best is within minDelta 0.01 of zero"
+    assert stops_after(sku, minDelta=0.001) is None, "a smaller minDelta still counts these as improvements"
+    assert stops_after(sku + [0.0031, 0.0030], minDelta=0.001) == 63, "... until the patience runs out"
+    assert stops_after(sku, minDelta=0.0) is None, "minDelta 0 counts any decrease: no stop while it falls"
+    assert stops_after([1.5, 0.76, 0.54, 0.46, 0.38]) is None, "a loss far from zero is unaffected"
+
+
+def test_a_run_stopped_near_zero_loss_says_so(tmp_path, tiny_model):
+    result, root, log = _run(tmp_path, tiny_model, "floor", {"earlyStopping": {"evalSteps": 1, "minDelta": 1000}},
+                             evaluation={"compareBase": False, "maxSamples": 2})
+    assert result.stop_reason == StopReason.EARLY_STOPPED and result.step == 1, "the first evaluation is the last"
+    assert "within minDelta 1000 of zero" in result.message
+    assert "within minDelta 1000 of zero" in (root / "report.md").read_text()

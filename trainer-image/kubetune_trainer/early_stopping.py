@@ -2,7 +2,9 @@
 after `patience` evaluations in a row that did not beat the best by more than `minDelta`, and the adapter
 of the best evaluation is the one saved. This is Hugging Face's EarlyStoppingCallback with
 load_best_model_at_end and metric_for_best_model "eval_loss": the best is the lowest loss seen, the
-patience counter only resets on an improvement larger than the threshold.
+patience counter only resets on an improvement larger than the threshold. One addition: once the best
+loss is at most `minDelta`, no later evaluation can beat it by more (a loss is never negative), so the
+counter could only run out; training stops there instead of `patience` evaluations later.
 
 Pure bookkeeping: the recipe computes the loss and hands over a way to copy the adapter's tensors.
 """
@@ -13,6 +15,7 @@ import math
 from collections.abc import Callable
 
 from kubetune_api.spec import LOWER_IS_BETTER
+from kubetune_api.status import StopReason
 
 EVALS_PER_EPOCH = 4  # the default evalSteps: a quarter of an epoch
 
@@ -35,7 +38,12 @@ class EarlyStopping:
 
     @property
     def stop(self) -> bool:
-        return self.bad >= self.patience
+        return self.bad >= self.patience or self.floored
+
+    @property
+    def floored(self) -> bool:
+        """Whether the best loss is within minDelta of zero, where no improvement can count any more."""
+        return self.min_delta > 0 and self.best_loss is not None and self.best_loss <= self.min_delta
 
     def record(self, step: int, loss: float, snapshot: Callable[[], dict]) -> dict:
         """Take the evaluation at `step`; `snapshot()` copies the adapter when this is the best so far.
@@ -83,7 +91,10 @@ def no_watch_note(gate) -> dict | None:
 
 def stop_summary(recipe) -> str:
     """Why training stopped and which step's adapter was kept, in words (the result message, the report)."""
-    text = f"stopped after step {recipe.last_step} of {recipe.schedule.total_steps} ({recipe.stop_reason})"
+    watch = recipe.watch
+    why = f": held-out loss {watch.best_loss:.4g} within minDelta {watch.min_delta:g} of zero, no later " \
+        "evaluation could improve on it by more" if recipe.stop_reason == StopReason.EARLY_STOPPED and watch.floored else ""
+    text = f"stopped after step {recipe.last_step} of {recipe.schedule.total_steps} ({recipe.stop_reason}{why})"
     return text + (f", adapter of step {recipe.best_step} kept (lowest held-out loss)"
                    if recipe.best_step != recipe.last_step else "")
 
