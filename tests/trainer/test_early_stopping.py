@@ -62,10 +62,10 @@ def test_early_stopping_saves_the_best_steps_adapter_and_says_why_it_stopped(tmp
     saved = _adapter(root)
     assert _same(saved, _checkpoint(root, best["step"])), "the saved adapter is the best step's"
     assert not _same(saved, _checkpoint(root, last)), "... not the last step's"
-    metrics = json.loads((root / "metrics.json").read_text())["training"]
-    assert metrics["stopReason"] == "EarlyStopped" and metrics["bestStep"] == best["step"] and metrics["steps"] == last
-    tuned = json.loads((root / "metrics.json").read_text())["tuned"]
-    assert tuned["evalLoss"] == round(best["evalLoss"], 4), "the reported held-out loss is the kept adapter's"
+    metrics = json.loads((root / "metrics.json").read_text())
+    training = metrics["training"]
+    assert training["stopReason"] == "EarlyStopped" and training["bestStep"] == best["step"] and training["steps"] == last
+    assert metrics["tuned"]["evalLoss"] == round(best["evalLoss"], 4), "the reported held-out loss is the kept adapter's"
     assert f"adapter of step {best['step']} kept" in (root / "report.md").read_text()
     assert "EarlyStopped" in result.message
 

@@ -91,10 +91,11 @@ def no_watch_note(gate) -> dict | None:
 
 def stop_summary(recipe) -> str:
     """Why training stopped and which step's adapter was kept, in words (the result message, the report)."""
-    watch = recipe.watch
-    why = f": held-out loss {watch.best_loss:.4g} within minDelta {watch.min_delta:g} of zero, no later " \
-        "evaluation could improve on it by more" if recipe.stop_reason == StopReason.EARLY_STOPPED and watch.floored else ""
-    text = f"stopped after step {recipe.last_step} of {recipe.schedule.total_steps} ({recipe.stop_reason}{why})"
+    reason, watch = recipe.stop_reason, recipe.watch
+    if reason == StopReason.EARLY_STOPPED and watch.floored:
+        reason += (f": held-out loss {watch.best_loss:.4g} within minDelta {watch.min_delta:g} of zero, "
+                   "no later evaluation could improve on it by more")
+    text = f"stopped after step {recipe.last_step} of {recipe.schedule.total_steps} ({reason})"
     return text + (f", adapter of step {recipe.best_step} kept (lowest held-out loss)"
                    if recipe.best_step != recipe.last_step else "")
 
