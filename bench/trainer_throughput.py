@@ -133,6 +133,8 @@ def run_ours(args, name: str, out: str) -> dict:
     from kubetune_trainer.recipe import Levers, LoRARecipe
 
     _, levers, training = ARMS[name]
+    if args.precision != "fp32":
+        training = {"precision": args.precision, **training}
     recipe = LoRARecipe(make_job(job_spec(args, training, out)), levers=Levers(**levers), work_dir=out)
     recipe.setup()
     ready_rss = rss_mb()
@@ -169,14 +171,18 @@ def run_hf(args, name: str, out: str) -> dict:
     formatter = PromptFormatter(tokenizer, recipe.spec.dataset)
     train = [formatter.encode(e) for e in recipe.train_set]
     held_out = [formatter.encode(e) for e in recipe.eval_set]
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # --precision bf16: the base loaded in bf16 and bf16 autocast, as TRL's SFTConfig does by default and as
+    # the transformers CPU docs advise where the CPU multiplies bf16 natively (AVX512-BF16, AMX); PEFT keeps
+    # the adapter in fp32 either way.
+    bf16 = args.precision == "bf16"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                              task_type="CAUSAL_LM"))
     common = dict(output_dir=out, per_device_train_batch_size=args.batch_size,
                   gradient_accumulation_steps=args.accumulation, max_steps=args.steps, learning_rate=1e-3,
                   lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0, max_grad_norm=1.0,
                   optim="adamw_torch", seed=42, logging_steps=1, save_strategy="no", report_to="none", use_cpu=True,
-                  dataloader_num_workers=0, disable_tqdm=True)
+                  dataloader_num_workers=0, disable_tqdm=True, bf16=bf16)
     ready_rss = rss_mb()
     trainer, clock, counter = hf_trainer(name, model, tokenizer, train, args, common)
     trainer.train()
@@ -221,11 +227,12 @@ def hf_trainer(name: str, model, tokenizer, train: list, args, common: dict):
         # refuses max_length with padding_free and no packing, as it would not enforce it).
         # gradient_checkpointing False: SFTConfig turns it on by default (TrainingArguments and ours do not),
         # which trades speed for memory; the other arms have it off.
-        # bf16 False: SFTConfig turns bf16 autocast on by default; every other arm trains in fp32, and on a CPU
+        # bf16 as --precision says (in `common`): SFTConfig turns bf16 autocast on by default, but on a CPU
         # without AVX512-BF16 / AMX its bf16 matrix multiplies are emulated (this is why TRL did not finish on
-        # CPU before). trl-sft-padded: padding_free off, so TRL pads each micro-batch to its longest example.
+        # CPU before), so every arm trains in fp32 unless --precision bf16. trl-sft-padded: padding_free off,
+        # so TRL pads each micro-batch to its longest example.
         config = SFTConfig(**common, completion_only_loss=True, padding_free=name == "trl-sft", max_length=None,
-                           gradient_checkpointing=False, bf16=False)
+                           gradient_checkpointing=False)
         return counting(SFTTrainer)(model=model, args=config, train_dataset=Dataset.from_list(rows),
                                     processing_class=tokenizer, callbacks=[Clock()]), clock, counter
     if name == "hf-dynamic":
@@ -269,7 +276,8 @@ def load() -> str:
 
 def spawn(args, arm: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", arm, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-           "--accumulation", str(args.accumulation), "--max-len", str(args.max_len), "--threads", str(args.threads)]
+           "--accumulation", str(args.accumulation), "--max-len", str(args.max_len), "--threads", str(args.threads),
+           "--precision", args.precision]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
     before, started = load(), time.monotonic()
@@ -315,6 +323,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per arm (default 1: on a shared machine a busy neighbour on the other "
                         "core stalls every multi-threaded kernel; use 2 on a quiet 2-core machine)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="every arm's precision (bf16: bf16 base weights and autocast, the adapter in fp32; "
+                        "only worth it on a CPU with AVX512-BF16 or AMX)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -328,7 +339,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs, {args.threads} torch thread(s) per arm; "
           f"load {load()}; {args.steps} steps x "
           f"{args.batch_size * args.accumulation} examples ({args.batch_size} x {args.accumulation}), "
-          f"maxSeqLength {args.max_len}", flush=True)
+          f"maxSeqLength {args.max_len}, {args.precision}", flush=True)
     results = [spawn(args, arm) for arm in arms]
     print()
     print(table(results))

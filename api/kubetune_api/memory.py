@@ -42,7 +42,8 @@ from .base import ApiModel
 GIB = 1 << 30
 # Linear layers of a Llama-type decoder block, by PEFT target name: (in, out) as functions of the shape.
 BLOCK_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Bytes per element at each training precision; "auto" trains in bf16 on a GPU (fp32 on CPU).
+# Bytes per element at each training precision; "auto" trains in bf16 on a GPU. On CPU it is estimated in fp32,
+# the larger: the trainer uses bf16 where the node's CPU multiplies it natively, which the estimate cannot know.
 PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 # The CUDA context, cuBLAS/cuDNN workspaces and kernel images: memory the allocator never sees.
 CUDA_CONTEXT_BYTES = int(0.75 * GIB)

@@ -404,7 +404,9 @@ class TrainingSpec(ApiModel):
         "Default: false.",
     )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="Training precision; auto uses bf16 on GPUs that support it, fp32 on CPU."
+        default="auto",
+        description="Training precision; auto uses bf16 where the device multiplies bf16 in hardware (GPUs that "
+        "support it; CPUs with AVX512-BF16 or AMX), else fp32.",
     )
     sharding: Literal["auto", "ddp", "fsdp"] = Field(
         default="auto",

@@ -41,11 +41,14 @@ def manifest(spec: dict, name: str = "tiny", namespace: str = "default") -> dict
 
 
 def tiny_spec(model: str, train: str, output: str, **overrides) -> dict:
+    """A small job on the tiny model. fp32 unless a test says otherwise: `precision: auto` trains in bf16 on
+    a CPU that multiplies bf16 natively (models.native_bf16), and the parity tests compare runs at fp32's
+    tolerances, whichever CPU runs them."""
     spec = {
         "model": {"uri": model},
         "dataset": {"train": {"uri": train}, "evalSplit": 0.25, "maxSeqLength": 64},
         "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-        "training": {"maxSteps": 6, "batchSize": 4, "learningRate": 0.01, "seed": 3},
+        "training": {"maxSteps": 6, "batchSize": 4, "learningRate": 0.01, "seed": 3, "precision": "fp32"},
         "evaluation": {"maxSamples": 4, "generation": {"maxNewTokens": 6}},
         "output": {"uri": output},
         "checkpoint": {"everySteps": 3, "keep": 1},
