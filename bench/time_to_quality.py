@@ -5,7 +5,9 @@ with a minimal manifest against the plain Hugging Face Trainer script a user wou
     .venv/bin/python bench/time_to_quality.py --tasks sku --json ttq.json
     .venv/bin/python bench/time_to_quality.py --tasks sku --no-hf --ours-set training.packing=false   # one field set
 
-Tasks (SmolLM2-135M-Instruct, bundled://smollm2-135m-instruct, fp32 on CPU):
+Tasks (SmolLM2-135M-Instruct, bundled://smollm2-135m-instruct; ours at `precision: auto`, which is bf16 on a CPU
+with AVX512-BF16 or AMX and fp32 elsewhere; the HF script in fp32, TrainingArguments' default, or bf16 with
+--baseline-precision bf16):
 
 * sku: examples/data/nordvik-sku (304 training, 40 held-out requests -> a short product code), exact match.
 * support: bench/data/nordvik-support (400 training, 48 held-out; answers up to ~400 tokens: packing lists,
@@ -69,9 +71,11 @@ def minimal_manifest(task: dict, out: Path, overrides: dict | None = None) -> di
 
 
 # ---- the baseline script, in its own process -------------------------------------------------------------
-def hf_script(task_name: str, out: Path, epochs: float) -> None:
+def hf_script(task_name: str, out: Path, epochs: float, precision: str = "fp32") -> None:
     """The script; with several epochs it also saves the adapter at the end of each epoch and the seconds
-    since this process started (epochs.json), as a user evaluating every epoch would see them."""
+    since this process started (epochs.json), as a user evaluating every epoch would see them. `precision`
+    bf16: the base loaded in bf16 and `bf16=True`, as the transformers docs advise on a CPU with AVX512-BF16
+    or AMX (TrainingArguments' default is fp32)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import (
@@ -96,12 +100,13 @@ def hf_script(task_name: str, out: Path, epochs: float) -> None:
     formatter = PromptFormatter(tokenizer, recipe.spec.dataset)
     rows = [{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids), "labels": e.labels}
             for e in map(formatter.encode, recipe.train_set + recipe.eval_set)]  # the whole training file
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    bf16 = precision == "bf16"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, task_type="CAUSAL_LM",
                                              target_modules=["q_proj", "k_proj", "v_proj", "o_proj"]))
     args = TrainingArguments(output_dir=str(out / "hf"), per_device_train_batch_size=8, num_train_epochs=epochs,
                              learning_rate=1e-3, save_strategy="no", report_to="none", use_cpu=True,
-                             remove_unused_columns=False, disable_tqdm=True, logging_steps=10, seed=42)
+                             remove_unused_columns=False, disable_tqdm=True, logging_steps=10, seed=42, bf16=bf16)
     ends: list[dict] = []
 
     class EveryEpoch(TrainerCallback):
@@ -159,10 +164,10 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
 
 
 def run_task(name: str, work: Path, baseline_epochs: list[float], with_ours: bool = True,
-             overrides: dict | None = None) -> list[dict]:
+             overrides: dict | None = None, baseline_precision: str = "fp32") -> list[dict]:
     task, rows = TASKS[name], []
     for epochs in baseline_epochs:
-        rows += hf_rows(name, work, epochs)
+        rows += hf_rows(name, work, epochs, baseline_precision)
     if with_ours:
         rows.insert(0, ours_row(name, work, overrides))
     for row in rows:
@@ -192,11 +197,11 @@ def ours_row(name: str, work: Path, overrides: dict | None = None) -> dict:
     return row
 
 
-def hf_rows(name: str, work: Path, epochs: float) -> list[dict]:
+def hf_rows(name: str, work: Path, epochs: float, precision: str = "fp32") -> list[dict]:
     """The HF script for `epochs`: one row per epoch end (wall time from its start to that epoch's end)."""
     base = work / name / f"hf-{epochs:g}"
     seconds, cpu, _ = timed([sys.executable, __file__, "--worker", "hf-script", "--tasks", name, "--out", str(base),
-                        "--epochs", str(epochs)])
+                        "--epochs", str(epochs), "--baseline-precision", precision])
     print(f"  {name} hf-script {epochs:g} ep: {seconds:.0f} s wall", flush=True)
     ends = json.loads((base / "epochs.json").read_text())
     rows = [{"task": name, "arm": f"hf-script {epochs:g} ep, after epoch {e['epoch']}", "wall_s": e["seconds"],
@@ -211,6 +216,9 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--baseline-epochs", default="1,3",
                         help="epochs of the HF script, one arm each (1: the issue's script; 3: TrainingArguments' default)")
+    parser.add_argument("--baseline-precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the HF script's precision (fp32: TrainingArguments' default; bf16: bf16 base and "
+                        "autocast, for a CPU with AVX512-BF16 or AMX)")
     parser.add_argument("--no-ours", action="store_true", help="run only the HF script's arms")
     parser.add_argument("--no-hf", action="store_true", help="run only ours")
     parser.add_argument("--ours-set", action="append", default=[], metavar="FIELD=VALUE",
@@ -221,7 +229,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.worker == "hf-script":
-        return hf_script(args.tasks, Path(args.out), args.epochs)
+        return hf_script(args.tasks, Path(args.out), args.epochs, args.baseline_precision)
     if args.worker == "score":
         print(json.dumps(score(args.tasks, Path(args.out))))
         return None
@@ -232,13 +240,17 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="ttq-") as work:
         for name in args.tasks.split(","):
-            results += run_task(name, Path(work), baseline_epochs, not args.no_ours, overrides)
+            results += run_task(name, Path(work), baseline_epochs, not args.no_ours, overrides,
+                                args.baseline_precision)
     print("\n| task | arm | wall s | CPU s | metric | score | ours / this (wall) | ours / this (CPU) | notes |\n"
           "|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ours = next((o for o in results if o["task"] == r["task"] and o["arm"] == "ours"), None)
-        notes = (f"{r['steps']} steps, {r['stop']}, best step {r['best_step']}, training {r['train_s']} s, "
-                 f"lr {r['lr']:.2e}{'; ' + r['set'] if r['set'] else ''}") if r["arm"] == "ours" else f"{r['epochs']:g} epoch(s), lr 1e-3, r 8 q/k/v/o"
+        if r["arm"] == "ours":
+            notes = (f"{r['steps']} steps, {r['stop']}, best step {r['best_step']}, training {r['train_s']} s, "
+                     f"lr {r['lr']:.2e}{'; ' + r['set'] if r['set'] else ''}")
+        else:
+            notes = f"{r['epochs']:g} epoch(s), lr 1e-3, r 8 q/k/v/o, {args.baseline_precision}"
         print(f"| {r['task']} | {r['arm']} | {r['wall_s']:.0f} | {_num(r['cpu_s'], '.0f')} | {r['metric']} "
               f"| {r['score']:.4f} | {_num(ours and ours['wall_s'] / r['wall_s'], '.2f')} "
               f"| {_num(ours and r['cpu_s'] and ours['cpu_s'] / r['cpu_s'], '.2f')} | {notes} |")
