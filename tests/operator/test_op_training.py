@@ -41,13 +41,16 @@ def tiny_s3(s3_server, tmp_path_factory):
 
 
 def manifest(name: str, s3, **training) -> dict:
+    """A tiny job on the bucket. fp32: `precision: auto` is bf16 on a CPU that multiplies bf16 natively, and
+    the gang test compares four processes with one at fp32's tolerance, whichever CPU runs it."""
     return {
         "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name},
         "spec": {
             "model": {"uri": f"s3://{BUCKET}/models/tiny-llama/"},
             "dataset": {"train": {"uri": f"s3://{BUCKET}/data/sku/train.jsonl"}, "evalSplit": 0.25, "maxSeqLength": 64},
             "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-            "training": {"maxSteps": 8, "batchSize": 4, "learningRate": 0.01, "seed": 3, **training},
+            "training": {"maxSteps": 8, "batchSize": 4, "learningRate": 0.01, "seed": 3, "precision": "fp32",
+                         **training},
             "evaluation": {"maxSamples": 3, "generation": {"maxNewTokens": 6}},
             "checkpoint": {"everySteps": 4, "keep": 1},
             "output": {"uri": f"s3://{BUCKET}/runs/"},
