@@ -75,6 +75,8 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
     "packed+answer": ("packing + answer-only logits + pass budget", {}, {"packing": True}),
     "ours+bf16": ("default + precision bf16 (bf16 weights, autocast)", {}, {"precision": "bf16"}),
     "ours+gc": ("default + gradient checkpointing", {}, {"gradientCheckpointing": True}),
+    "ours-bf16-attention": ("the default with attention in bf16 under --precision bf16 (not in fp32)",
+                            {"fp32_attention": False}, {}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
     "ours-grouped": ("length-grouped, passes as few as fit (the default until the eighth session)",
                      {"group_by_length": True, "pass_overhead": None}, {}),

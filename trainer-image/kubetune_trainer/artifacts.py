@@ -131,6 +131,7 @@ def config_document(recipe) -> dict:
         "specHash": job.spec_hash, "artifactRoot": recipe.store.uri(),
         "resolved": {"modelPath": str(recipe.model_path), "template": recipe.formatter.mode,
                      "device": recipe.device, "dtype": str(recipe.dtype).removeprefix("torch."),
+                     "attention": getattr(recipe.model.config, "_attn_implementation", None),
                      "learningRate": recipe.learning_rate, "sharding": recipe.sharding},
         "versions": library_versions(),
     }

@@ -34,6 +34,7 @@ from .lineage import weights_digest
 from .loss import check_packing
 from .models import (
     attach_adapter,
+    attention_in_fp32,
     device_and_dtype,
     fetch_model,
     hidden_size,
@@ -76,6 +77,8 @@ class Levers:
     chunked_head: the output layer and the cross-entropy over answer positions run a chunk of positions at
         a time, never holding the whole logits tensor (see loss.py); where a start-up check finds the same
         loss both ways (trainstep.chunks_head).
+    fp32_attention: on CPU in bf16, attention runs in fp32, where PyTorch's CPU kernel is faster
+        (models.attention_in_fp32).
     """
 
     group_by_length: bool = False
@@ -85,6 +88,7 @@ class Levers:
     pad_to_max_length: bool = False
     shared_prefix: bool = True
     chunked_head: bool = True
+    fp32_attention: bool = True
 
 
 class LoRARecipe:
@@ -210,6 +214,8 @@ class LoRARecipe:
         on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.dist.device_name(self.device)
         self.model = load_model(self.model_path, spec.method, on, self.dtype, spec.model.trust_remote_code,
                                 spec.model.allow_pickle_weights, sharded=self.sharding == "fsdp")
+        if self.levers.fp32_attention and self.device == "cpu" and str(self.dtype) == "torch.bfloat16":
+            attention_in_fp32(self.model)
 
     def _setup_adapter(self) -> None:
         import torch
