@@ -20,8 +20,12 @@ the same token ids. Each arm runs in its own process, started one after another 
   completion_mask), completion_only_loss and padding_free (each micro-batch flattened into one row with
   per-example position ids, no padding): TRL's documented fast settings that keep the examples per step.
   TRL's packing would put more examples into each step, so the number of examples per update would differ.
-  fp32 like every other arm (SFTConfig's own default is bf16 autocast and gradient checkpointing, both
-  turned off here; trl-sft-padded is the same with padding_free off).
+  In the run's precision like every other arm (SFTConfig's own default is bf16 autocast, which
+  --precision bf16 keeps, and gradient checkpointing, turned off here; trl-sft-padded is the same with
+  padding_free off).
+* --precision bf16 (default fp32): every arm in bf16, as on a CPU with AVX512-BF16 or AMX, where ours'
+  `precision: auto` trains in bf16: the baselines load the base in bf16 and set `bf16=True`; ours sets
+  `precision: bf16` (in fp32 runs, `precision: fp32`, so that auto's choice does not differ between arms).
 * hf-naive (a labelled extra row, not a baseline): transformers.Trainer + PEFT, every example padded to
   maxSeqLength (512), random order, full-vocabulary logits: what a first script does.
 * the others: the trainer's LoRARecipe (setup, then train: the product's batching and loss code) with one
@@ -135,8 +139,7 @@ def run_ours(args, name: str, out: str) -> dict:
     from kubetune_trainer.recipe import Levers, LoRARecipe
 
     _, levers, training = ARMS[name]
-    if args.precision != "fp32":
-        training = {"precision": args.precision, **training}
+    training = {"precision": args.precision, **training}  # never auto: bf16 on some CPUs, fp32 on others
     recipe = LoRARecipe(make_job(job_spec(args, training, out)), levers=Levers(**levers), work_dir=out)
     recipe.setup()
     ready_rss = rss_mb()
