@@ -66,10 +66,10 @@ class Levers:
         pass per micro-batch.
     pass_overhead: what one more forward pass costs, in tokens: a micro-batch's padded passes are cut by
         length where that saves more padding than this (batching.passes), so a step of examples in random
-        order pads about as little as a length-grouped one. On CPU a pass of SmolLM2-135M costs 0.7-1 s
-        beyond its tokens, 80-110 tokens' worth (docs/performance.md, eighth session); on a GPU a pass's
-        weight reads and kernel launches are estimated at about as many of a 7B's tokens (not measured).
-        None: as few passes as the budget allows.
+        order pads about as little as a length-grouped one. "device": trainstep.PASS_OVERHEAD's value for
+        the device (CPU 32: over an epoch of SmolLM2-135M on a Zen 5 core 1.06-1.09x the tokens per CPU s of
+        128, docs/performance.md, tenth session; GPU 128: a pass's weight reads and kernel launches estimated
+        at about as many of a 7B's tokens, not measured). None: as few passes as the budget allows.
     pad_to_max_length: pad every batch to dataset.maxSeqLength, as a naive loop does (benchmarks only).
     shared_prefix: the tokens every row of a pass has in common (chat template, system prompt) run once
         for the pass (see loss.py), in training and in the held-out loss; only where a check at start-up
@@ -84,7 +84,7 @@ class Levers:
     group_by_length: bool = False
     answer_logits_only: bool = True
     pass_tokens: float | None = 0.5
-    pass_overhead: int | None = 128
+    pass_overhead: int | str | None = "device"
     pad_to_max_length: bool = False
     shared_prefix: bool = True
     chunked_head: bool = True

@@ -17,6 +17,15 @@ def pass_budget(fraction: float | None, batch_size: int, max_len: int) -> int | 
     return max(max_len, int(fraction * batch_size * max_len)) if fraction else None
 
 
+# What one more forward pass costs, in tokens, on each device (Levers.pass_overhead "device")
+PASS_OVERHEAD = {"cpu": 32, "cuda": 128}
+
+
+def pass_overhead(recipe) -> int | None:
+    value = recipe.levers.pass_overhead
+    return PASS_OVERHEAD[recipe.device] if value == "device" else value
+
+
 def filler(encoded: list[Encoded]) -> Encoded:
     """The shortest example with an answer token: a rank's zero-weight pass when it has none."""
     usable = [e for e in encoded if has_answer(e)] or encoded
@@ -102,7 +111,7 @@ def forward_passes(recipe, group: list[Encoded]) -> list[list[Encoded]]:
     if recipe.pass_budget is None or recipe.levers.pad_to_max_length:
         return [group]
     split = passes([len(e.input_ids) for e in group], recipe.pass_budget, recipe.spec.training.packing,
-                   recipe.levers.pass_overhead)
+                   pass_overhead(recipe))
     return [[group[i] for i in part] for part in split]
 
 
