@@ -94,8 +94,8 @@ def device_and_dtype(precision: str):
 
 def native_bf16(device: str) -> bool:
     """Whether `device` multiplies bf16 matrices in hardware: a GPU that supports bf16, or an x86 CPU with
-    AVX512-BF16 or AMX (Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later), where a bf16 matrix multiply runs
-    several times faster than fp32. Elsewhere bf16 is emulated and slower than fp32."""
+    AVX512-BF16 or AMX (Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later), where a bf16
+    matrix multiply runs several times faster than fp32. Elsewhere bf16 is emulated and slower than fp32."""
     import torch
 
     if device == "cuda":
