@@ -196,6 +196,8 @@ class LoRARecipe:
         self.data_report.train, self.data_report.eval = len(train_set), len(eval_set)
 
     def _setup_model(self) -> None:
+        import torch
+
         spec = self.spec
         self.tokenizer = load_tokenizer(self.model_path, spec.model.trust_remote_code)
         self.formatter = PromptFormatter(self.tokenizer, spec.dataset)
@@ -214,7 +216,7 @@ class LoRARecipe:
         on = "cpu" if self.sharding == "fsdp" and self.dist.distributed else self.dist.device_name(self.device)
         self.model = load_model(self.model_path, spec.method, on, self.dtype, spec.model.trust_remote_code,
                                 spec.model.allow_pickle_weights, sharded=self.sharding == "fsdp")
-        if self.levers.fp32_attention and self.device == "cpu" and str(self.dtype) == "torch.bfloat16":
+        if self.levers.fp32_attention and self.device == "cpu" and self.dtype == torch.bfloat16:
             attention_in_fp32(self.model)
 
     def _setup_adapter(self) -> None:
