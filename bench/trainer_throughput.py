@@ -87,6 +87,8 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
                      {"pass_overhead": 32}, {}),
     "ours-pass-64": ("the default with a pass costed at 64 tokens (Levers.pass_overhead; on CPU 32)",
                      {"pass_overhead": 64}, {}),
+    "ours-torch-dropout": ("the default with torch's dropout mask (bernoulli_) on the adapter input, not "
+                           "Levers.cheap_dropout's", {"cheap_dropout": False}, {}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
     "ours-grouped": ("length-grouped, passes as few as fit (the default until the eighth session)",
                      {"group_by_length": True, "pass_overhead": None}, {}),

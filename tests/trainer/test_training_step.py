@@ -286,10 +286,12 @@ def test_a_random_micro_batch_cut_by_length_pads_less():
 
 
 def run_steps(tiny_model, tmp_path, name: str, levers: Levers, dataset: dict | None = None,
-              shares: bool | None = None, chunks: bool | None = None, **training) -> list[float]:
+              shares: bool | None = None, chunks: bool | None = None, method: dict | None = None,
+              **training) -> list[float]:
     train = write_jsonl(tmp_path / "train.jsonl", sku_rows())
     spec = tiny_spec(str(tiny_model), str(train), str(tmp_path / name), training={"maxSteps": 4, **training})
     spec["dataset"].update(dataset or {})
+    spec["method"] = method or spec["method"]
     recipe = LoRARecipe(parse_job(manifest(spec, name=name)), levers=levers, work_dir=str(tmp_path))
     try:
         recipe.setup()

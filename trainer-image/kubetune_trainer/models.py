@@ -195,8 +195,9 @@ def fix_bnb_cpu(model) -> int:
     return len(layers)
 
 
-def attach_adapter(model, method, gradient_checkpointing: bool):
-    """Wrap the base in a PEFT LoRA model; only the adapter's weights are trainable."""
+def attach_adapter(model, method, gradient_checkpointing: bool, cheap_dropout: bool = False):
+    """Wrap the base in a PEFT LoRA model; only the adapter's weights are trainable. `cheap_dropout`: the
+    adapter's dropout masks come from dropout.swap_dropouts (on CPU, where they cost less)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method.type == "qlora":
@@ -212,6 +213,10 @@ def attach_adapter(model, method, gradient_checkpointing: bool):
         peft_model = get_peft_model(model, config)
     except ValueError as err:
         raise ConfigError(f"method.lora.targetModules {lora.target_modules}: {err}") from None
+    if cheap_dropout:
+        from .dropout import swap_dropouts
+
+        swap_dropouts(peft_model)
     fix_bnb_cpu(peft_model)
     return peft_model
 

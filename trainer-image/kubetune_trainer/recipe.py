@@ -79,6 +79,9 @@ class Levers:
         loss both ways (trainstep.chunks_head).
     fp32_attention: on CPU in bf16, attention runs in fp32, where PyTorch's CPU kernel is faster
         (models.attention_in_fp32).
+    cheap_dropout: on CPU the adapter's dropout draws its mask with 16 random bits per element instead of
+        torch's two 32-bit draws, with dropout's own arithmetic (dropout.py); only jobs that set
+        method.lora.dropout pay for a mask at all.
     """
 
     group_by_length: bool = False
@@ -89,6 +92,7 @@ class Levers:
     shared_prefix: bool = True
     chunked_head: bool = True
     fp32_attention: bool = True
+    cheap_dropout: bool = True
 
 
 class LoRARecipe:
@@ -226,7 +230,8 @@ class LoRARecipe:
         t = self.spec.training
         set_seed(t.seed)
         self.learning_rate = t.peak_learning_rate(hidden_size(self.model), self.spec.method.lora.alpha)
-        self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing)
+        self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing,
+                                    cheap_dropout=self.levers.cheap_dropout and self.device == "cpu")
         self.train_model = self.dist.wrap(self.model, self.sharding)  # DDP or FSDP under torchrun
         if t.packing:  # after wrap: under FSDP the weights reach the GPU there (every rank checks the same)
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
