@@ -89,6 +89,8 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
                      {"pass_overhead": 64}, {}),
     "ours-torch-dropout": ("the default with torch's dropout mask (bernoulli_) on the adapter input, not "
                            "Levers.cheap_dropout's", {"cheap_dropout": False}, {}),
+    "ours-peft-branch": ("the default with PEFT's own adapter branch, not Levers.fused_branch's",
+                         {"fused_branch": False}, {}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
     "ours-grouped": ("length-grouped, passes as few as fit (the default until the eighth session)",
                      {"group_by_length": True, "pass_overhead": None}, {}),
@@ -98,7 +100,8 @@ BASELINES = ("hf-dynamic", "trl-sft", "trl-sft-padded")  # what a user would pic
 # glibc raises its mmap threshold as large blocks are freed and then keeps freed memory in the heap: peak RSS
 # then varies by up to 2 GB between identical runs (address-space layout decides how much). A fixed threshold
 # gives every large tensor its own mapping, returned when freed, so peak RSS is the live peak, the same on
-# every run; it costs every arm about 15% in speed (page faults).
+# every run; it costs every arm about 15% in speed (page faults), the more the more tensors an arm allocates:
+# --malloc default measures speed as a job's pod runs, with glibc's own threshold.
 MMAP_THRESHOLD = 128 * 1024
 PRESETS = {
     "main": ["hf-dynamic", "trl-sft", "trl-sft-padded", "ours", "ours-no-prefix", "ours-no-chunk", "hf-naive"],
@@ -291,8 +294,9 @@ def spawn(args, arm: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", arm, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--accumulation", str(args.accumulation), "--max-len", str(args.max_len), "--threads", str(args.threads),
            "--precision", args.precision]
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
-           "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    if args.malloc == "fixed":
+        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
     before, started = load(), time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -339,6 +343,10 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="every arm's precision (bf16: bf16 base weights and autocast, the adapter in fp32; "
                         "only worth it on a CPU with AVX512-BF16 or AMX)")
+    parser.add_argument("--malloc", choices=["fixed", "default"], default="fixed",
+                        help="fixed (default): glibc's mmap threshold fixed at 128 KiB in every arm, for a peak RSS "
+                        "that is the same run to run; default: glibc's own, as a job's pod runs (speed only: peak "
+                        "RSS then varies by up to 2 GB between identical runs)")
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -352,7 +360,7 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs, {args.threads} torch thread(s) per arm; "
           f"load {load()}; {args.steps} steps x "
           f"{args.batch_size * args.accumulation} examples ({args.batch_size} x {args.accumulation}), "
-          f"maxSeqLength {args.max_len}, {args.precision}", flush=True)
+          f"maxSeqLength {args.max_len}, {args.precision}, malloc {args.malloc}", flush=True)
     results = [spawn(args, arm) for arm in arms]
     print()
     print(table(results))

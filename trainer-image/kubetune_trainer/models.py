@@ -195,9 +195,11 @@ def fix_bnb_cpu(model) -> int:
     return len(layers)
 
 
-def attach_adapter(model, method, gradient_checkpointing: bool, cheap_dropout: bool = False):
+def attach_adapter(model, method, gradient_checkpointing: bool, cheap_dropout: bool = False,
+                   fused_branch: bool = False):
     """Wrap the base in a PEFT LoRA model; only the adapter's weights are trainable. `cheap_dropout`: the
-    adapter's dropout masks come from dropout.swap_dropouts (on CPU, where they cost less)."""
+    adapter's dropout masks come from dropout.swap_dropouts; `fused_branch`: the adapter branch of each
+    LoRA linear layer runs as lora_branch.fuse_branches makes it (both for CPUs, where they cost less)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method.type == "qlora":
@@ -217,6 +219,10 @@ def attach_adapter(model, method, gradient_checkpointing: bool, cheap_dropout: b
         from .dropout import swap_dropouts
 
         swap_dropouts(peft_model)
+    if fused_branch:
+        from .lora_branch import fuse_branches
+
+        fuse_branches(peft_model)
     fix_bnb_cpu(peft_model)
     return peft_model
 

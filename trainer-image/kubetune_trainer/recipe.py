@@ -82,6 +82,8 @@ class Levers:
     cheap_dropout: on CPU the adapter's dropout draws its mask with 16 random bits per element instead of
         torch's two 32-bit draws, with dropout's own arithmetic (dropout.py); only jobs that set
         method.lora.dropout pay for a mask at all.
+    fused_branch: on CPU in training, a LoRA linear layer's adapter branch (dropout, A, B, scaling) runs as
+        one autograd function with PEFT's arithmetic (lora_branch.py): fewer operations and casts per layer.
     """
 
     group_by_length: bool = False
@@ -93,6 +95,7 @@ class Levers:
     chunked_head: bool = True
     fp32_attention: bool = True
     cheap_dropout: bool = True
+    fused_branch: bool = True
 
 
 class LoRARecipe:
@@ -230,8 +233,10 @@ class LoRARecipe:
         t = self.spec.training
         set_seed(t.seed)
         self.learning_rate = t.peak_learning_rate(hidden_size(self.model), self.spec.method.lora.alpha)
+        cpu = self.device == "cpu"
         self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing,
-                                    cheap_dropout=self.levers.cheap_dropout and self.device == "cpu")
+                                    cheap_dropout=self.levers.cheap_dropout and cpu,
+                                    fused_branch=self.levers.fused_branch and cpu)
         self.train_model = self.dist.wrap(self.model, self.sharding)  # DDP or FSDP under torchrun
         if t.packing:  # after wrap: under FSDP the weights reach the GPU there (every rank checks the same)
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
