@@ -84,10 +84,10 @@ def test_a_job_with_dropout_trains_the_same_as_with_torchs_dropout_given_its_mas
     # Masks drawn the way torch's CPU dropout draws them, from the same generator: the jobs see the same masks
     monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: torch.empty(shape).bernoulli_(1 - p).bool())
     method = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.05}}
-    cheap = run_steps(tiny_model, tmp_path, "cheap", Levers(), method=method)
-    torchs = run_steps(tiny_model, tmp_path, "torch", Levers(cheap_dropout=False), method=method)
+    cheap = run_steps(tiny_model, tmp_path, "cheap", Levers(fused_branch=False), method=method)
+    torchs = run_steps(tiny_model, tmp_path, "torch", Levers(fused_branch=False, cheap_dropout=False), method=method)
     assert len(cheap) == 4 and cheap[-1] < cheap[0]
     assert cheap == pytest.approx(torchs, rel=1e-6)
     monkeypatch.undo()
-    other = run_steps(tiny_model, tmp_path, "masks", Levers(), method=method)  # its own masks: other losses
+    other = run_steps(tiny_model, tmp_path, "masks", Levers(fused_branch=False), method=method)  # its own masks
     assert other != pytest.approx(cheap, rel=1e-6)

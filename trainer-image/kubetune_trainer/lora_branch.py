@@ -6,7 +6,8 @@ weights, back to bf16 for the multiply), two weight casts, the scaling as a pass
 many operations again in the backward: on CPU about 20 operations per adapted layer and pass, most of them
 passes over the activations, for two thin matrix multiplies. Here the same arithmetic runs as one function:
 the scaling folded into B's cast, the dropout applied to the bf16 input with a bool mask kept for the
-backward (dropout.keep_mask), the gradients of A and B returned in their own dtype. With a power-of-two
+backward (drawn as the layer's dropout module draws it: dropout.keep_mask for CheapMaskDropout, else
+torch's bernoulli_), the gradients of A and B returned in their own dtype. With a power-of-two
 scaling (alpha = 2r, the default) the loss and gradients are bit for bit PEFT's for the same dropout mask;
 otherwise they differ by the compute dtype's rounding of B x scaling. Only where PEFT's plain path would
 run: one active adapter, not merged, no DoRA or other variant, no bias on B, in training mode.
@@ -23,14 +24,14 @@ from . import dropout
 
 class _Branch(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, a_weight, b_weight, scaling: float, p: float, dtype):
+    def forward(ctx, x, a_weight, b_weight, scaling: float, p: float, cheap_mask: bool, dtype):
         with torch.autocast(x.device.type, enabled=False):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)
             a, b = a_weight.to(dtype), (b_weight * scaling).to(dtype)
             keep, scale = None, 1.0
             if p > 0:
-                # torch's dropout multiplies by noise.div_(1 - p), fp32's 1 / (1 - p): the same factor here
-                keep, scale = dropout.keep_mask(flat.shape, p), torch.ones(()).div_(1 - p).item()
+                keep = _keep(flat.shape, p, cheap_mask, a_weight.dtype)
+                scale = torch.ones(()).div_(1 - p).item()  # torch's dropout: noise.div_(1 - p), in fp32
                 flat = torch.where(keep, flat * scale, 0)
             h = flat @ a.t()
             out = h @ b.t()
@@ -52,7 +53,15 @@ class _Branch(torch.autograd.Function):
             if keep is not None:
                 grad_x = torch.where(keep, grad_x * ctx.scale, 0)
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
-        return grad_x, grad_a, grad_b, None, None, None
+        return grad_x, grad_a, grad_b, None, None, None, None
+
+
+def _keep(shape: torch.Size, p: float, cheap: bool, dtype) -> torch.Tensor:
+    """The dropout mask as the layer's dropout would draw it: CheapMaskDropout's, or torch's bernoulli_ over
+    the adapter-dtype input PEFT gives it (the same draws from the same generator)."""
+    if cheap:
+        return dropout.keep_mask(shape, p)
+    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p).bool()
 
 
 def _forward(self, x, *args, **kwargs):
@@ -67,7 +76,8 @@ def _forward(self, x, *args, **kwargs):
     # PEFT casts the input to the adapter's dtype; autocast then casts both to its own for the multiply
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else a.dtype
     p = drop.p if isinstance(drop, torch.nn.Dropout) else 0.0
-    return (result + _Branch.apply(x, a, b, self.scaling[name], p, dtype)).to(result.dtype)
+    cheap = isinstance(drop, dropout.CheapMaskDropout)
+    return (result + _Branch.apply(x, a, b, self.scaling[name], p, cheap, dtype)).to(result.dtype)
 
 
 def fuse_branches(model) -> int:
