@@ -40,13 +40,15 @@ def test_masks_follow_torchs_seed_and_differ_from_call_to_call():
     torch.manual_seed(3)
     assert torch.equal(keep_mask(torch.Size([4, 1000]), 0.1), first)
     assert not torch.equal(first, second)
+    torch.manual_seed(3)  # the same mask as 0 and 1 in another dtype
+    assert torch.equal(keep_mask(torch.Size([4, 1000]), 0.1, torch.bfloat16), first.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_output_and_gradient_are_torchs_dropout_arithmetic_for_the_same_mask(monkeypatch, dtype):
     p = 0.3
     mask = torch.rand(6, 7, 9) >= p
-    monkeypatch.setattr(dropout, "keep_mask", lambda shape, q: mask if q == p else None)
+    monkeypatch.setattr(dropout, "keep_mask", lambda shape, q, dtype=torch.bool: mask.to(dtype) if q == p else None)
     x = torch.randn(6, 7, 9, dtype=dtype, requires_grad=True)
     upstream = torch.randn(6, 7, 9, dtype=dtype)
     out = CheapMaskDropout(p).train()(x)
@@ -82,7 +84,8 @@ def test_every_adapter_dropout_of_a_peft_model_is_swapped(tiny_model):
 
 def test_a_job_with_dropout_trains_the_same_as_with_torchs_dropout_given_its_masks(tiny_model, tmp_path, monkeypatch):
     # Masks drawn the way torch's CPU dropout draws them, from the same generator: the jobs see the same masks
-    monkeypatch.setattr(dropout, "keep_mask", lambda shape, p: torch.empty(shape).bernoulli_(1 - p).bool())
+    monkeypatch.setattr(dropout, "keep_mask",
+                        lambda shape, p, dtype=torch.bool: torch.empty(shape).bernoulli_(1 - p).to(dtype))
     method = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.05}}
     cheap = run_steps(tiny_model, tmp_path, "cheap", Levers(fused_branch=False), method=method)
     torchs = run_steps(tiny_model, tmp_path, "torch", Levers(fused_branch=False, cheap_dropout=False), method=method)

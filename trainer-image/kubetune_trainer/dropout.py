@@ -16,19 +16,21 @@ import torch
 LANES = 4  # 16-bit mask draws per 64-bit random word
 
 
-def keep_mask(shape: torch.Size, p: float) -> torch.Tensor:
-    """A bool tensor of `shape`, each element True with probability 1 - p (to 2^-17), independently."""
+def keep_mask(shape: torch.Size, p: float, dtype=torch.bool) -> torch.Tensor:
+    """A tensor of `shape`, each element 1 (True) with probability 1 - p (to 2^-17), else 0, independently;
+    in `dtype` directly (a bf16 mask multiplies several times faster than `torch.where` selects)."""
     n = shape.numel()
     words = torch.empty((n + LANES - 1) // LANES, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits
     # int16 lanes are uniform on [-32768, 32767]: below the threshold with probability round(p * 65536) / 65536
-    return (words.view(torch.int16)[:n] >= round(p * 65536) - 32768).view(shape)
+    lanes = words.view(torch.int16)[:n]
+    return torch.ge(lanes, round(p * 65536) - 32768, out=torch.empty(n, dtype=dtype)).view(shape)
 
 
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         scale = torch.ones((), dtype=x.dtype).div_(1 - p)  # as torch's dropout computes it: noise.div_(1 - p)
-        noise = torch.where(keep_mask(x.shape, p), scale, 0)
+        noise = keep_mask(x.shape, p, x.dtype).mul_(scale)
         ctx.save_for_backward(noise)
         return x * noise
 

@@ -5,7 +5,7 @@ layer's output. Under bf16 autocast that is two casts of the layer input (to fp3
 weights, back to bf16 for the multiply), two weight casts, the scaling as a pass over the output, and as
 many operations again in the backward: on CPU about 20 operations per adapted layer and pass, most of them
 passes over the activations, for two thin matrix multiplies. Here the same arithmetic runs as one function:
-the scaling folded into B's cast, the dropout applied to the bf16 input with a bool mask kept for the
+the scaling folded into B's cast, the dropout applied to the bf16 input with a 0/1 mask kept for the
 backward (drawn as the layer's dropout module draws it: dropout.keep_mask for CheapMaskDropout, else
 torch's bernoulli_), the gradients of A and B returned in their own dtype. With a power-of-two
 scaling (alpha = 2r, the default) the loss and gradients are bit for bit PEFT's for the same dropout mask;
@@ -29,10 +29,10 @@ class _Branch(torch.autograd.Function):
             flat = x.reshape(-1, x.shape[-1]).to(dtype)
             a, b = a_weight.to(dtype), (b_weight * scaling).to(dtype)
             keep, scale = None, 1.0
-            if p > 0:
-                keep = _keep(flat.shape, p, cheap_mask, a_weight.dtype)
+            if p > 0:  # a mask of 0 and 1 in the compute dtype: two multiplies, each faster than a select
+                keep = _keep(flat.shape, p, cheap_mask, a_weight.dtype, dtype)
                 scale = torch.ones(()).div_(1 - p).item()  # torch's dropout: noise.div_(1 - p), in fp32
-                flat = torch.where(keep, flat * scale, 0)
+                flat = (flat * scale).mul_(keep)
             h = flat @ a.t()
             out = h @ b.t()
         ctx.save_for_backward(flat, h, a, b, keep)
@@ -51,17 +51,17 @@ class _Branch(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = grad_h @ a
             if keep is not None:
-                grad_x = torch.where(keep, grad_x * ctx.scale, 0)
+                grad_x = (grad_x * ctx.scale).mul_(keep)
             grad_x = grad_x.view(ctx.x_shape).to(ctx.x_dtype)
         return grad_x, grad_a, grad_b, None, None, None, None
 
 
-def _keep(shape: torch.Size, p: float, cheap: bool, dtype) -> torch.Tensor:
-    """The dropout mask as the layer's dropout would draw it: CheapMaskDropout's, or torch's bernoulli_ over
-    the adapter-dtype input PEFT gives it (the same draws from the same generator)."""
+def _keep(shape: torch.Size, p: float, cheap: bool, draw_dtype, dtype) -> torch.Tensor:
+    """The dropout mask, 0 and 1 in `dtype`, as the layer's dropout would draw it: CheapMaskDropout's, or
+    torch's bernoulli_ over the adapter-dtype input PEFT gives it (the same draws from the same generator)."""
     if cheap:
-        return dropout.keep_mask(shape, p)
-    return torch.empty(shape, dtype=dtype).bernoulli_(1 - p).bool()
+        return dropout.keep_mask(shape, p, dtype)
+    return torch.empty(shape, dtype=draw_dtype).bernoulli_(1 - p).to(dtype)
 
 
 def _forward(self, x, *args, **kwargs):
