@@ -26,6 +26,8 @@ the same token ids. Each arm runs in its own process, started one after another 
 * --precision bf16 (default fp32): every arm in bf16, as on a CPU with AVX512-BF16 or AMX, where ours'
   `precision: auto` trains in bf16: the baselines load the base in bf16 and set `bf16=True`; ours sets
   `precision: bf16` (in fp32 runs, `precision: fp32`, so that auto's choice does not differ between arms).
+* --malloc default (default fixed): glibc's own mmap threshold, as a job's pod runs; read speed this way.
+  fixed sets it to 128 KiB in every arm, so that peak RSS is the same run to run (read memory this way).
 * hf-naive (a labelled extra row, not a baseline): transformers.Trainer + PEFT, every example padded to
   maxSeqLength (512), random order, full-vocabulary logits: what a first script does.
 * the others: the trainer's LoRARecipe (setup, then train: the product's batching and loss code) with one
@@ -100,8 +102,9 @@ BASELINES = ("hf-dynamic", "trl-sft", "trl-sft-padded")  # what a user would pic
 # glibc raises its mmap threshold as large blocks are freed and then keeps freed memory in the heap: peak RSS
 # then varies by up to 2 GB between identical runs (address-space layout decides how much). A fixed threshold
 # gives every large tensor its own mapping, returned when freed, so peak RSS is the live peak, the same on
-# every run; it costs every arm about 15% in speed (page faults), the more the more tensors an arm allocates:
-# --malloc default measures speed as a job's pod runs, with glibc's own threshold.
+# every run. It costs speed (page faults), and unevenly: in bf16 on a Zen 5 core hf-dynamic runs at half its
+# speed under it, ours at two thirds (docs/performance.md, eleventh session). --malloc default measures speed
+# as a job's pod runs, with glibc's own threshold; the speed target is read that way.
 MMAP_THRESHOLD = 128 * 1024
 PRESETS = {
     "main": ["hf-dynamic", "trl-sft", "trl-sft-padded", "ours", "ours-no-prefix", "ours-no-chunk", "hf-naive"],
