@@ -11,6 +11,7 @@ from kubetune_trainer import dropout
 from kubetune_trainer.dropout import CheapMaskDropout, keep_mask, swap_dropouts
 from kubetune_trainer.recipe import Levers
 
+from .test_lora_branch import adapted as lora_model
 from .test_training_step import run_steps
 
 N = 1 << 20
@@ -65,21 +66,12 @@ def test_outside_training_or_at_p_0_the_input_passes_unchanged():
 
 
 def test_every_adapter_dropout_of_a_peft_model_is_swapped(tiny_model):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    def adapted(rate):
-        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-        config = LoraConfig(r=4, lora_alpha=8, lora_dropout=rate, target_modules="all-linear",
-                            task_type="CAUSAL_LM")
-        return get_peft_model(model, config)
-
-    model = adapted(0.1)
+    model = lora_model(tiny_model, torch.float32, 0.1)
     layers = [m for m in model.modules() if hasattr(m, "lora_dropout")]
     assert swap_dropouts(model) == len(layers) > 0
     assert all(isinstance(m.lora_dropout["default"], CheapMaskDropout) and m.lora_dropout["default"].p == 0.1
                for m in layers)
-    assert swap_dropouts(adapted(0.0)) == 0  # PEFT's Identity: no mask to draw
+    assert swap_dropouts(lora_model(tiny_model, torch.float32, 0.0)) == 0  # PEFT's Identity: no mask to draw
 
 
 def test_a_job_with_dropout_trains_the_same_as_with_torchs_dropout_given_its_masks(tiny_model, tmp_path, monkeypatch):

@@ -26,11 +26,15 @@ def keep_mask(shape: torch.Size, p: float, dtype=torch.bool) -> torch.Tensor:
     return torch.ge(lanes, round(p * 65536) - 32768, out=torch.empty(n, dtype=dtype)).view(shape)
 
 
+def scale(p: float, dtype=torch.float32) -> torch.Tensor:
+    """Inverted dropout's 1 / (1 - p) as torch's own dropout computes it (noise.div_(1 - p)), in `dtype`."""
+    return torch.ones((), dtype=dtype).div_(1 - p)
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        scale = torch.ones((), dtype=x.dtype).div_(1 - p)  # as torch's dropout computes it: noise.div_(1 - p)
-        noise = keep_mask(x.shape, p, x.dtype).mul_(scale)
+        noise = keep_mask(x.shape, p, x.dtype).mul_(scale(p, x.dtype))
         ctx.save_for_backward(noise)
         return x * noise
 

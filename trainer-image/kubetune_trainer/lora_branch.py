@@ -31,7 +31,7 @@ class _Branch(torch.autograd.Function):
             keep, scale = None, 1.0
             if p > 0:  # a mask of 0 and 1 in the compute dtype: two multiplies, each faster than a select
                 keep = _keep(flat.shape, p, cheap_mask, a_weight.dtype, dtype)
-                scale = torch.ones(()).div_(1 - p).item()  # torch's dropout: noise.div_(1 - p), in fp32
+                scale = dropout.scale(p).item()  # fp32's, as torch's dropout of PEFT's fp32 input
                 flat = (flat * scale).mul_(keep)
             h = flat @ a.t()
             out = h @ b.t()
