@@ -93,6 +93,8 @@ ARMS: dict[str, tuple[str, dict, dict]] = {
                            "Levers.cheap_dropout's", {"cheap_dropout": False}, {}),
     "ours-peft-branch": ("the default with PEFT's own adapter branch, not Levers.fused_branch's",
                          {"fused_branch": False}, {}),
+    "ours-hf-norm": ("the default with transformers' own RMSNorm, not Levers.fused_norm's",
+                     {"fused_norm": False}, {}),
     "ours-seed43": ("default, seed 43 (spread of the eval loss)", {}, {"seed": 43}),
     "ours-grouped": ("length-grouped, passes as few as fit (the default until the eighth session)",
                      {"group_by_length": True, "pass_overhead": None}, {}),

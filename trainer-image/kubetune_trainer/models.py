@@ -196,10 +196,11 @@ def fix_bnb_cpu(model) -> int:
 
 
 def attach_adapter(model, method, gradient_checkpointing: bool, cheap_dropout: bool = False,
-                   fused_branch: bool = False):
+                   fused_branch: bool = False, fused_norm: bool = False):
     """Wrap the base in a PEFT LoRA model; only the adapter's weights are trainable. `cheap_dropout`: the
     adapter's dropout masks come from dropout.swap_dropouts; `fused_branch`: the adapter branch of each
-    LoRA linear layer runs as lora_branch.fuse_branches makes it (both for CPUs, where they cost less)."""
+    LoRA linear layer runs as lora_branch.fuse_branches makes it; `fused_norm`: the frozen RMSNorm layers run
+    as norms.fuse_norms makes them (all three for CPUs, where they cost less)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if method.type == "qlora":
@@ -223,6 +224,10 @@ def attach_adapter(model, method, gradient_checkpointing: bool, cheap_dropout: b
         from .lora_branch import fuse_branches
 
         fuse_branches(peft_model)
+    if fused_norm:
+        from .norms import fuse_norms
+
+        fuse_norms(peft_model)
     fix_bnb_cpu(peft_model)
     return peft_model
 

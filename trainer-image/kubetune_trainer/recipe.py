@@ -84,6 +84,8 @@ class Levers:
         method.lora.dropout pay for a mask at all.
     fused_branch: on CPU in training, a LoRA linear layer's adapter branch (dropout, A, B, scaling) runs as
         one autograd function with PEFT's arithmetic (lora_branch.py): fewer operations and casts per layer.
+    fused_norm: on CPU in training, the frozen RMSNorm layers run as one autograd function each, the same
+        forward and the input gradient in closed form (norms.py): about half the passes over the activations.
     """
 
     group_by_length: bool = False
@@ -96,6 +98,7 @@ class Levers:
     fp32_attention: bool = True
     cheap_dropout: bool = True
     fused_branch: bool = True
+    fused_norm: bool = True
 
 
 class LoRARecipe:
@@ -236,7 +239,8 @@ class LoRARecipe:
         cpu = self.device == "cpu"
         self.model = attach_adapter(self.model, self.spec.method, t.gradient_checkpointing,
                                     cheap_dropout=self.levers.cheap_dropout and cpu,
-                                    fused_branch=self.levers.fused_branch and cpu)
+                                    fused_branch=self.levers.fused_branch and cpu,
+                                    fused_norm=self.levers.fused_norm and cpu)
         self.train_model = self.dist.wrap(self.model, self.sharding)  # DDP or FSDP under torchrun
         if t.packing:  # after wrap: under FSDP the weights reach the GPU there (every rank checks the same)
             check_packing(self.model, self.train_encoded, self.tokenizer.pad_token_id, self.device)
