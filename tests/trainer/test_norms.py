@@ -92,7 +92,7 @@ def test_a_trained_norm_weight_and_evaluation_take_transformers_path():
 
 
 def test_a_job_with_fused_norms_trains_the_same(tiny_model, tmp_path):
-    fused = run_steps(tiny_model, tmp_path, "fused", Levers())
-    plain = run_steps(tiny_model, tmp_path, "plain", Levers(fused_norm=False))
+    fused = run_steps(tiny_model, tmp_path, "fused", Levers(fused_norm=True))
+    plain = run_steps(tiny_model, tmp_path, "plain", Levers())
     assert len(fused) == 4 and fused[-1] < fused[0]
     assert fused == pytest.approx(plain, rel=1e-5)
