@@ -6,9 +6,9 @@
     .venv/bin/python bench/trainer_throughput.py --arms hf-naive,grouped --steps 4 --json out.json
 
 Every arm trains SmolLM2-135M-Instruct (bundled://smollm2-135m-instruct, fp32 safetensors) with the same
-LoRA adapter (r 16, alpha 32, dropout 0.05, all linear layers), the same optimizer settings (AdamW, lr 1e-3,
-cosine, 10% warm-up, clip 1.0), the same number of optimizer steps and 8 examples per step (micro-batches of
-4, accumulation 2) on bench/data/nordvik-support (400 training examples of 45 to 494 tokens, median 89;
+LoRA adapter (r 16, alpha 32, dropout 0.05 or --lora-dropout, all linear layers), the same optimizer
+settings (AdamW, lr 1e-3, cosine, 10% warm-up, clip 1.0), the same number of optimizer steps and 8
+examples per step (micro-batches of 4, accumulation 2) on bench/data/nordvik-support (400 training examples of 45 to 494 tokens, median 89;
 made by bench/data/make_trainer_dataset.py), tokenized by the trainer's PromptFormatter so every arm sees
 the same token ids. Each arm runs in its own process, started one after another by this one, so peak RSS
 (ru_maxrss, read when training ends) is per arm.
@@ -123,7 +123,8 @@ def job_spec(args, training: dict, output: str) -> dict:
         "model": {"uri": MODEL},
         "dataset": {"train": {"uri": str(DATA / "train.jsonl")}, "eval": {"uri": str(DATA / "eval.jsonl")},
                     "schema": "alpaca", "systemPrompt": SYSTEM, "maxSeqLength": args.max_len},
-        "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}},
+        "method": {"type": "lora", "lora": {"r": 16, "alpha": 32, "dropout": args.lora_dropout,
+                                            "targetModules": ["all-linear"]}},
         "training": {"maxSteps": args.steps, "batchSize": args.batch_size, "gradientAccumulation": args.accumulation,
                      "learningRate": 1e-3, "warmupRatio": 0.1, "scheduler": "cosine", "seed": 42, **training},
         "evaluation": {"compareBase": False},
@@ -197,8 +198,8 @@ def run_hf(args, name: str, out: str) -> dict:
     # the adapter in fp32 either way.
     bf16 = args.precision == "bf16"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=args.lora_dropout,
+                                             target_modules="all-linear", task_type="CAUSAL_LM"))
     common = dict(output_dir=out, per_device_train_batch_size=args.batch_size,
                   gradient_accumulation_steps=args.accumulation, max_steps=args.steps, learning_rate=1e-3,
                   lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.0, max_grad_norm=1.0,
@@ -298,7 +299,7 @@ def load() -> str:
 def spawn(args, arm: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", arm, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
            "--accumulation", str(args.accumulation), "--max-len", str(args.max_len), "--threads", str(args.threads),
-           "--precision", args.precision]
+           "--precision", args.precision, "--lora-dropout", str(args.lora_dropout)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if args.malloc == "fixed":
         env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
@@ -348,6 +349,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="every arm's precision (bf16: bf16 base weights and autocast, the adapter in fp32; "
                         "only worth it on a CPU with AVX512-BF16 or AMX)")
+    parser.add_argument("--lora-dropout", type=float, default=0.05,
+                        help="every arm's LoRA dropout (default 0.05, PEFT's examples; 0 is a job's own default, "
+                        "where no arm draws a mask)")
     parser.add_argument("--malloc", choices=["fixed", "default"], default="fixed",
                         help="fixed (default): glibc's mmap threshold fixed at 128 KiB in every arm, for a peak RSS "
                         "that is the same run to run; default: glibc's own, as a job's pod runs (speed only: peak "
@@ -365,7 +369,8 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}; {os.cpu_count()} CPUs, {args.threads} torch thread(s) per arm; "
           f"load {load()}; {args.steps} steps x "
           f"{args.batch_size * args.accumulation} examples ({args.batch_size} x {args.accumulation}), "
-          f"maxSeqLength {args.max_len}, {args.precision}, malloc {args.malloc}", flush=True)
+          f"maxSeqLength {args.max_len}, {args.precision}, malloc {args.malloc}, LoRA dropout {args.lora_dropout}",
+          flush=True)
     results = [spawn(args, arm) for arm in arms]
     print()
     print(table(results))
