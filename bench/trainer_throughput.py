@@ -8,17 +8,17 @@
 Every arm trains SmolLM2-135M-Instruct (bundled://smollm2-135m-instruct, fp32 safetensors) with the same
 LoRA adapter (r 16, alpha 32, dropout 0.05 or --lora-dropout, all linear layers), the same optimizer
 settings (AdamW, lr 1e-3, cosine, 10% warm-up, clip 1.0), the same number of optimizer steps and 8
-examples per step (micro-batches of 4, accumulation 2) on bench/data/nordvik-support (400 training examples of 45 to 494 tokens, median 89;
-made by bench/data/make_trainer_dataset.py), tokenized by the trainer's PromptFormatter so every arm sees
-the same token ids. Each arm runs in its own process, started one after another by this one, so peak RSS
+examples per step (micro-batches of 4, accumulation 2) on bench/data/nordvik-support (400 training
+examples of 45 to 494 tokens, median 89; made by bench/data/make_trainer_dataset.py), tokenized by the
+trainer's PromptFormatter so every arm sees the same token ids. Each arm runs in its own process, started one after another by this one, so peak RSS
 (ru_maxrss, read when training ends) is per arm.
 
 * hf-dynamic: transformers.Trainer + peft.get_peft_model with DataCollatorForSeq2Seq (each micro-batch
   padded to its longest example, labels with -100) and train_sampling_strategy "group_by_length" (the
   transformers 5 name of group_by_length): what the transformers and PEFT docs lead a user to.
 * hf-random: the same in random order (train_sampling_strategy "random", the Trainer's default): more
-  padding per micro-batch, but steps that learn like random-order ones (length grouping costs hf-dynamic
-  held-out loss over an epoch on this data).
+  padding per micro-batch, but it ends an epoch at about ours' and TRL's held-out loss, where length
+  grouping leaves hf-dynamic's 0.3 higher on this data.
 * trl-sft: TRL's SFTTrainer on the same token ids as a prompt-completion dataset (input_ids and
   completion_mask), completion_only_loss and padding_free (each micro-batch flattened into one row with
   per-example position ids, no padding): TRL's documented fast settings that keep the examples per step.
