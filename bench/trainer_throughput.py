@@ -5,13 +5,13 @@
     .venv/bin/python bench/trainer_throughput.py --preset levers2  # the default, packing, bf16, checkpointing
     .venv/bin/python bench/trainer_throughput.py --arms hf-naive,grouped --steps 4 --json out.json
 
-Every arm trains SmolLM2-135M-Instruct (bundled://smollm2-135m-instruct, fp32 safetensors) with the same
-LoRA adapter (r 16, alpha 32, dropout 0.05 or --lora-dropout, all linear layers), the same optimizer
-settings (AdamW, lr 1e-3, cosine, 10% warm-up, clip 1.0), the same number of optimizer steps and 8
-examples per step (micro-batches of 4, accumulation 2) on bench/data/nordvik-support (400 training
-examples of 45 to 494 tokens, median 89; made by bench/data/make_trainer_dataset.py), tokenized by the
-trainer's PromptFormatter so every arm sees the same token ids. Each arm runs in its own process, started one after another by this one, so peak RSS
-(ru_maxrss, read when training ends) is per arm.
+Every arm trains SmolLM2-135M-Instruct (bundled://smollm2-135m-instruct, fp32 safetensors) with the same LoRA
+adapter (r 16, alpha 32, dropout 0.05 or --lora-dropout, all linear layers), the same optimizer settings
+(AdamW, lr 1e-3, cosine, 10% warm-up, clip 1.0), the same number of optimizer steps and 8 examples per step
+(micro-batches of 4, accumulation 2) on bench/data/nordvik-support (400 training examples of 45 to 494 tokens,
+median 89; made by bench/data/make_trainer_dataset.py), tokenized by the trainer's PromptFormatter so every
+arm sees the same token ids. Each arm runs in its own process, started one after another by this one, so peak
+RSS (ru_maxrss, read when training ends) is per arm.
 
 * hf-dynamic: transformers.Trainer + peft.get_peft_model with DataCollatorForSeq2Seq (each micro-batch
   padded to its longest example, labels with -100) and train_sampling_strategy "group_by_length" (the
